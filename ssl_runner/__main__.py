@@ -1,0 +1,82 @@
+"""`python -m ssl_runner method=simclr data=cifar10`: the Hydra entry point.
+
+Composes `conf/`, validates it against the schema, then runs the pipeline in
+Hydra's run folder. Bad input ends with one paragraph and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ssl_runner.errors import EXIT_USER_ERROR, UserError
+
+log = logging.getLogger("ssl_runner")
+
+
+def config_dir() -> str:
+    """`conf/` beside the package (a source checkout or an editable install),
+    else the copy installed as `ssl_runner/conf`."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"ssl_runner's config tree is missing (looked in {here.parent / 'conf'} and {here / 'conf'})")
+
+
+# Lightning's advice that does not apply: in-memory data needs no workers, and
+# small smoke runs have fewer batches than the logging interval.
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*smaller than the logging interval.*",
+    ".*GPU available but not used.*",
+    ".*Checkpoint directory .* exists and is not empty.*",
+    ".*predict_dataloader.*shuffle.*",
+)
+
+
+def _discard_empty_run_dir(run_dir: Path) -> None:
+    """A run that failed validation leaves no folder behind, unless the folder
+    holds more than what Hydra wrote for this very call."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "ssl_runner.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    from ssl_runner.config import validate
+    from ssl_runner.methods import method_schemas
+    from ssl_runner.pipeline import run_pipeline
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        typed = validate(cfg, method_schemas())
+    except UserError as err:
+        print(err.paragraph(), file=sys.stderr)
+        _discard_empty_run_dir(run_dir)
+        sys.exit(EXIT_USER_ERROR)
+    try:
+        summary = run_pipeline(typed, run_dir)
+    except UserError as err:
+        log.error("%s", err)
+        print(err.paragraph(), file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()}
+    log.info("run folder %s: %s", run_dir, results)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The config schema: every key a run accepts, with its type and default.
+
+Hydra composes `conf/`; `validate` then merges the result into these
+dataclasses, so a misspelt key or a value of the wrong type stops the run
+before any work, with a message that names the key. Each method brings its own
+schema (registered next to its LightningModule), checked the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from ssl_runner.errors import UserError
+
+CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR10_STD = [0.2470, 0.2435, 0.2616]
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    root: str = "./data/cifar10"
+    # cifar10 only: fetch torchvision's archive when `root` holds neither format.
+    download: bool = True
+    image_size: int = 32
+    # Image folders of mixed sizes: resize the shorter side to `load_size` and
+    # centre-crop a square when decoding (null keeps the stored size).
+    load_size: Optional[int] = None
+    mean: List[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
+    std: List[float] = field(default_factory=lambda: list(CIFAR10_STD))
+    # Class-balanced, seeded subsets (null = the whole split).
+    subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    # Per-device batch size; the global batch is this x devices x nodes.
+    batch_size: int = 256
+    eval_batch_size: int = 512
+    num_workers: int = 0
+    # Decode the whole split once into a uint8 tensor (small data sets).
+    in_memory: bool = True
+    # Where the random views are made: "device" batched after transfer to the
+    # model's device, "cpu" per image in the DataLoader workers.
+    views_on: str = "device"
+
+
+@dataclass
+class ViewsConfig:
+    """The SimCLR augmentation family (Chen et al. 2020, Appendix A)."""
+
+    name: str = "simclr_cifar"
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
+    hflip_p: float = 0.5
+    jitter_p: float = 0.8
+    # s in the paper: brightness = contrast = saturation = 0.8 s, hue = 0.2 s.
+    jitter_strength: float = 0.5
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
+    blur_kernel_fraction: float = 0.1
+    solarize_p: float = 0.0
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"
+    depth: int = 18
+    # Multiplies every stage's channel count (0.25 gives 16-32-64-128).
+    width: float = 1.0
+    # 3x3 stride-1 first conv and no max-pool; null = on for images <= 64 px.
+    cifar_stem: Optional[bool] = None
+    zero_init_residual: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    # Learning rate at `reference_batch`; scaled to the global batch by `lr_scaling`.
+    lr: float = 0.1
+    lr_scaling: str = "linear"
+    reference_batch: int = 256
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    eta: float = 0.001
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    exclude_bias_and_norm: bool = True
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "warmup_cosine"
+    warmup_epochs: float = 10.0
+    warmup_start_ratio: float = 0.0
+    final_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_epochs: int = 100
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    log_every_n_steps: int = 50
+    deterministic: bool = False
+    sync_batchnorm: bool = False
+    # "auto": a rich progress bar on a terminal, plain lines otherwise.
+    progress: str = "auto"
+
+
+@dataclass
+class LoggerConfig:
+    # CSV metrics are always written; "wandb" adds Weights & Biases.
+    name: str = "csv"
+    project: str = "ssl-runner"
+    entity: Optional[str] = None
+    # online | offline | disabled; null follows WANDB_MODE.
+    mode: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "default"
+    stages: List[str] = field(default_factory=lambda: ["pretrain", "knn", "linear"])
+
+
+@dataclass
+class KnnConfig:
+    k: int = 200
+    temperature: float = 0.1
+
+
+@dataclass
+class ClassifierStageConfig:
+    """A supervised stage on top of the pretrained encoder (linear or fine-tune)."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    # false: train on features of unaugmented images, computed once (fast);
+    # true: random crop + flip each epoch, the encoder run every step.
+    augment: bool = False
+
+
+@dataclass
+class EvalConfig:
+    random_baseline: bool = False
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    linear: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
+    finetune: ClassifierStageConfig = field(
+        default_factory=lambda: ClassifierStageConfig(
+            epochs=30, lr=0.01, weight_decay=5e-4, nesterov=True, augment=True
+        )
+    )
+
+
+@dataclass
+class MonitorConfig:
+    # A linear classifier on detached features, trained alongside pretraining.
+    online_probe: bool = True
+    online_probe_lr: float = 0.1
+    # Weighted kNN on the test split every N epochs (0: never).
+    knn_every_n_epochs: int = 10
+    collapse: bool = True
+
+
+@dataclass
+class RunConfig:
+    method: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    seed: int = 0
+    # An encoder to evaluate instead of pretraining one (pipeline=eval).
+    checkpoint: Optional[str] = None
+
+
+# Values that must be one of a fixed set, checked after the types.
+CHOICES: Dict[str, List[str]] = {
+    "data.name": ["cifar10", "imagefolder"],
+    "data.views_on": ["device", "cpu"],
+    "optimizer.name": ["sgd", "lars", "adamw"],
+    "optimizer.lr_scaling": ["linear", "sqrt", "none"],
+    "scheduler.name": ["warmup_cosine", "constant"],
+    "trainer.progress": ["auto", "rich", "plain", "none"],
+    "logger.name": ["csv", "wandb"],
+    "backbone.depth": ["10", "18", "34", "50"],
+}
+STAGES = ["pretrain", "knn", "linear", "finetune"]
+
+
+def _explain(err: OmegaConfBaseException, schema_hint: Optional[type] = None) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+        parent, _, leaf = str(key).rpartition(".")
+        known: List[str] = []
+        if schema_hint is not None:
+            node: Any = schema_hint
+            for part in [p for p in parent.split(".") if p]:
+                node = next((f.type for f in fields(node) if f.name == part), None)
+                node = _dataclass_of(node)
+                if node is None:
+                    break
+            if node is not None:
+                known = [f.name for f in fields(node)]
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f" Did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        allowed = f" Keys allowed there: {', '.join(sorted(known))}." if known else ""
+        return f"unknown config key '{key}'.{hint}{allowed} Fix the spelling in the override or the YAML file."
+    if isinstance(err, MissingMandatoryValue):
+        return f"config key '{key}' has no value; set it on the command line ({key}=...)."
+    if isinstance(err, ValidationError):
+        return f"config key '{key}' has a value of the wrong type: {err.msg}. Fix the override or the YAML file."
+    return f"invalid config at '{key}': {err.msg if hasattr(err, 'msg') else err}"
+
+
+def _dataclass_of(tp: Any) -> Optional[type]:
+    if isinstance(tp, str):
+        tp = globals().get(tp)
+    return tp if is_dataclass(tp) else None
+
+
+def validate(cfg: DictConfig, method_schemas: Dict[str, type]) -> DictConfig:
+    """Resolve `cfg` and check it against the schema; return a typed config.
+
+    Raises `UserError` naming the first offending key.
+    """
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise UserError(f"the config could not be resolved: {err}") from None
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    method = plain.pop("method", None)
+    if not isinstance(method, dict) or "name" not in method:
+        raise UserError(
+            "no method chosen. Pass one on the command line, e.g. method=simclr "
+            f"(available: {', '.join(sorted(method_schemas))})."
+        )
+    name = method["name"]
+    if name not in method_schemas:
+        raise UserError(
+            f"unknown method '{name}'. Available methods: {', '.join(sorted(method_schemas))}."
+        )
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(RunConfig), plain)
+    except OmegaConfBaseException as err:
+        raise UserError(_explain(err, RunConfig)) from None
+    try:
+        method_cfg = OmegaConf.merge(OmegaConf.structured(method_schemas[name]), method)
+    except OmegaConfBaseException as err:
+        err.full_key = f"method.{getattr(err, 'full_key', '') or getattr(err, 'key', '')}"
+        msg = _explain(err, None)
+        known = [f.name for f in fields(method_schemas[name])]
+        raise UserError(f"{msg} Keys of method '{name}': {', '.join(known)}.") from None
+    OmegaConf.set_struct(typed, False)
+    typed.method = method_cfg
+    OmegaConf.set_struct(typed, True)
+    _check_values(typed)
+    return typed
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = str(OmegaConf.select(cfg, key))
+        if value not in allowed:
+            raise UserError(
+                f"config key '{key}' is '{value}', which is not one of: {', '.join(allowed)}."
+            )
+    for stage in cfg.pipeline.stages:
+        if stage not in STAGES:
+            raise UserError(
+                f"unknown stage '{stage}' in pipeline.stages. Available stages: {', '.join(STAGES)}."
+            )
+    for key in ("data.batch_size", "data.eval_batch_size", "trainer.max_epochs", "data.image_size"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise UserError(f"config key '{key}' must be at least 1.")
+    for key in ("data.subset", "data.test_subset"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise UserError(f"config key '{key}' must be a positive number of images or null.")
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
+        raise UserError("data.mean and data.std need three values, one per RGB channel.")
+
+
+def to_plain(cfg: DictConfig) -> Dict[str, Any]:
+    """A JSON-friendly copy of the config (for manifests and hyper-parameters)."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+__all__ = [
+    "RunConfig",
+    "DataConfig",
+    "ViewsConfig",
+    "BackboneConfig",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "TrainerConfig",
+    "LoggerConfig",
+    "PipelineConfig",
+    "EvalConfig",
+    "MonitorConfig",
+    "ClassifierStageConfig",
+    "KnnConfig",
+    "validate",
+    "to_plain",
+]

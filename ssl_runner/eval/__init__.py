@@ -1,0 +1,1 @@
+"""Evaluation: kNN, linear probe and fine-tuning on a pretrained encoder."""

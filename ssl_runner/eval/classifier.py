@@ -1,0 +1,127 @@
+"""Supervised evaluation on a pretrained encoder: feature extraction, the linear
+probe (on cached features or on augmented images) and fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_runner.config import ClassifierStageConfig
+from ssl_runner.data.views import ViewRecipe, eval_view
+from ssl_runner.optim import build_optimizer, build_scheduler
+
+
+class FeatureExtractor(L.LightningModule):
+    """Runs a frozen encoder over unaugmented images (`Trainer.predict`)."""
+
+    def __init__(self, encoder: nn.Module, mean: List[float], std: List[float]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.mean, self.std = list(mean), list(std)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tuple[Tensor, Tensor]:
+        images, labels, _ = batch
+        return self.encoder(eval_view(images, self.mean, self.std)).float().cpu(), labels.cpu()
+
+
+def extract_features(trainer: L.Trainer, encoder: nn.Module, loader: Any, mean: List[float],
+                     std: List[float]) -> Tuple[Tensor, Tensor]:
+    outputs = trainer.predict(FeatureExtractor(encoder, mean, std), dataloaders=loader)
+    assert outputs is not None
+    features = torch.cat([f for f, _ in outputs])  # type: ignore[misc]
+    labels = torch.cat([lb for _, lb in outputs])  # type: ignore[misc]
+    return features, labels
+
+
+class Classifier(L.LightningModule):
+    """A linear layer over features, which come precomputed (`encoder=None`),
+    from a frozen encoder (linear probe on augmented images) or from an encoder
+    trained with it (`train_encoder=True`, fine-tuning).
+
+    Test accuracy is measured once, after the last epoch (never the best
+    epoch on the test split).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        stage: ClassifierStageConfig,
+        encoder: Optional[nn.Module] = None,
+        train_encoder: bool = False,
+        recipe: Optional[ViewRecipe] = None,
+        mean: Optional[List[float]] = None,
+        std: Optional[List[float]] = None,
+    ) -> None:
+        super().__init__()
+        self.stage = stage
+        self.encoder = encoder
+        self.train_encoder = train_encoder
+        self.recipe = recipe
+        self.mean, self.std = mean, std
+        self.head = nn.Linear(feature_dim, num_classes)
+        if encoder is not None and not train_encoder:
+            encoder.requires_grad_(False)
+        self._test_correct: Dict[int, List[Tensor]] = {1: [], 5: []}
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.encoder is not None and not self.train_encoder:
+            self.encoder.eval()  # a frozen encoder keeps its BatchNorm statistics
+        return self
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, labels, _ = batch
+        if isinstance(x, list):  # one view made per image in the DataLoader workers
+            x = x[0]
+        elif x.dtype == torch.uint8:
+            if self.trainer.training and self.recipe is not None:
+                x = self.recipe(x)
+            else:
+                x = eval_view(x, self.mean, self.std)
+        return x, labels
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.encoder is not None:
+            if self.train_encoder:
+                x = self.encoder(x)
+            else:
+                with torch.no_grad():
+                    x = self.encoder(x)
+        return self.head(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, labels = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, labels)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/top1", (logits.argmax(1) == labels).float().mean() * 100, on_step=False, on_epoch=True,
+                 batch_size=len(labels))
+        return loss
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, labels = batch
+        top5 = self(x).topk(min(5, self.head.out_features), dim=1).indices
+        self._test_correct[1].append((top5[:, 0] == labels).float())
+        self._test_correct[5].append((top5 == labels[:, None]).any(1).float())
+
+    def on_test_epoch_end(self) -> None:
+        for k, correct in self._test_correct.items():
+            self.log(f"test/top{k}", torch.cat(correct).mean() * 100)
+        self._test_correct = {1: [], 5: []}
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        params = list(self.head.parameters())
+        if self.encoder is not None and self.train_encoder:
+            params += list(self.encoder.parameters())
+        optimizer = build_optimizer(
+            "sgd", [{"params": params}], lr=self.stage.lr, momentum=self.stage.momentum,
+            weight_decay=self.stage.weight_decay, nesterov=self.stage.nesterov,
+        )
+        scheduler = build_scheduler(optimizer, "warmup_cosine", total_steps=int(self.trainer.estimated_stepping_batches),
+                                    warmup_steps=0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

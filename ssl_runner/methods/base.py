@@ -1,0 +1,214 @@
+"""`BaseMethod`: what every self-supervised method shares.
+
+A method subclass says only what is its own: its config schema, its heads, how
+many views it needs and its loss (`ssl_step`). The base class owns the
+backbone, the view pipeline, the online linear probe, the kNN and collapse
+monitors, the optimizer and schedule built from the config, and the encoder
+export that later stages load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from ssl_runner.config import to_plain
+from ssl_runner.data.views import ViewRecipe, eval_view
+from ssl_runner.eval.knn import knn_top1
+from ssl_runner.models.backbones import build_backbone
+from ssl_runner.optim import build_optimizer, build_scheduler, scale_lr, split_decay_groups
+
+ENCODER_FORMAT = "ssl_runner.encoder/1"
+
+
+@dataclass
+class SSLStepOutput:
+    """What a method's `ssl_step` hands back to the shared training step."""
+
+    loss: Tensor
+    # Representations h of the views (not detached); the online probe trains on
+    # them detached, so it can never change the encoder.
+    features: Tensor
+    # Embeddings whose normalised std is the collapse monitor (z for SimCLR).
+    embeddings: Optional[Tensor] = None
+    logs: Dict[str, Tensor] = field(default_factory=dict)
+
+
+def view_recipe_from_config(cfg: DictConfig) -> ViewRecipe:
+    """The training views that `cfg.views` describes, at `cfg.data.image_size`."""
+    v = cfg.views
+    return ViewRecipe.simclr(
+        size=cfg.data.image_size,
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        crop_scale=tuple(v.crop_scale),
+        crop_ratio=tuple(v.crop_ratio),
+        hflip_p=v.hflip_p,
+        jitter_p=v.jitter_p,
+        jitter_strength=v.jitter_strength,
+        grayscale_p=v.grayscale_p,
+        blur_p=v.blur_p,
+        blur_sigma=tuple(v.blur_sigma),
+        blur_kernel_fraction=v.blur_kernel_fraction,
+        solarize_p=v.solarize_p,
+    )
+
+
+def collapse_std(embeddings: Tensor) -> Tensor:
+    """Mean per-dimension std of L2-normalised embeddings: about 1/sqrt(d)
+    when healthy, 0 when every input maps to one point (SimSiam, Sec. 4.1)."""
+    return F.normalize(embeddings.detach().float(), dim=1).std(dim=0).mean()
+
+
+class BaseMethod(L.LightningModule):
+    """A self-supervised method over a backbone; subclasses add heads and a loss."""
+
+    num_views: int = 2
+
+    def __init__(self, cfg: DictConfig, num_classes: int) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": to_plain(cfg), "num_classes": num_classes})
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.backbone = build_backbone(cfg.backbone, cfg.data.image_size)
+        self.feature_dim = self.backbone.feature_dim
+        self.online_probe: Optional[nn.Linear] = None
+        if cfg.monitor.online_probe and num_classes > 0:
+            self.online_probe = nn.Linear(self.feature_dim, num_classes)
+        self.recipe = view_recipe_from_config(cfg)
+        self._val_features: List[List[Tensor]] = [[], []]
+        self._val_labels: List[List[Tensor]] = [[], []]
+        self._val_probe_correct: List[Tensor] = []
+
+    # ---- what a method implements -------------------------------------------------
+    def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
+        raise NotImplementedError
+
+    def make_views(self, images: Tensor) -> List[Tensor]:
+        """The training views of a uint8 batch, made on the model's device."""
+        return [self.recipe(images) for _ in range(self.num_views)]
+
+    def ssl_modules(self) -> Dict[str, nn.Module]:
+        """Modules trained by the SSL loss (all but the online probe)."""
+        return {name: m for name, m in self.named_children() if name != "online_probe"}
+
+    # ---- data ---------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels, indices = batch
+        if self.trainer.training:
+            if isinstance(images, Tensor):  # uint8 images: views made here, batched
+                views = self.make_views(images)
+            else:  # views already made per image in the DataLoader workers
+                views = list(images)
+            return views, labels, indices
+        return eval_view(images, self.cfg.data.mean, self.cfg.data.std), labels, indices
+
+    # ---- training -----------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        views, labels, indices = batch
+        out = self.ssl_step(views, indices)
+        batch_size = views[0].shape[0]
+        self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        for name, value in out.logs.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+        total = out.loss
+        if self.online_probe is not None:
+            probe_loss, acc = self.online_probe_loss(out.features, labels)
+            total = total + probe_loss
+            self.log("train/probe_loss", probe_loss, on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log("train/probe_top1", acc, on_step=False, on_epoch=True, batch_size=batch_size)
+        if self.cfg.monitor.collapse and out.embeddings is not None:
+            self.log("train/embedding_std", collapse_std(out.embeddings), on_step=False, on_epoch=True,
+                     batch_size=batch_size)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
+                 batch_size=batch_size)
+        return total
+
+    def online_probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy of the online probe on detached features (every view's
+        features, each with its image's label) and its accuracy in percent."""
+        assert self.online_probe is not None
+        labels = labels.repeat(features.shape[0] // labels.shape[0])
+        known = labels >= 0
+        logits = self.online_probe(features.detach()[known])
+        loss = F.cross_entropy(logits, labels[known])
+        return loss, (logits.argmax(1) == labels[known]).float().mean() * 100
+
+    # ---- monitors: kNN on the test split, online probe accuracy -------------------
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, labels, _ = batch
+        features = self.backbone(images)
+        self._val_features[dataloader_idx].append(features.float())
+        self._val_labels[dataloader_idx].append(labels)
+        if dataloader_idx == 1 and self.online_probe is not None:
+            self._val_probe_correct.append((self.online_probe(features).argmax(1) == labels).float())
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_features[0] and self._val_features[1]:
+            train_f, test_f = (torch.cat(f) for f in self._val_features)
+            train_l, test_l = (torch.cat(lb) for lb in self._val_labels)
+            knn = self.cfg.eval.knn
+            top1 = knn_top1(train_f, train_l, test_f, test_l, self.num_classes, knn.k, knn.temperature)
+            self.log("val/knn_top1", top1, prog_bar=True)
+        if self._val_probe_correct:
+            self.log("val/probe_top1", torch.cat(self._val_probe_correct).mean() * 100, prog_bar=True)
+        self._val_features = [[], []]
+        self._val_labels = [[], []]
+        self._val_probe_correct = []
+
+    # ---- optimisation -------------------------------------------------------------
+    def global_batch_size(self) -> int:
+        return self.cfg.data.batch_size * self.trainer.world_size * self.cfg.trainer.accumulate_grad_batches
+
+    def param_groups(self, weight_decay: float) -> List[Dict[str, Any]]:
+        """Parameter groups for the SSL modules; override to give a head its own lr."""
+        groups: List[Dict[str, Any]] = []
+        for name, module in self.ssl_modules().items():
+            groups += split_decay_groups(module, weight_decay, self.cfg.optimizer.exclude_bias_and_norm, name=name)
+        return groups
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        opt_cfg, sched_cfg = self.cfg.optimizer, self.cfg.scheduler
+        lr = scale_lr(opt_cfg.lr, self.global_batch_size(), opt_cfg.reference_batch, opt_cfg.lr_scaling)
+        groups = self.param_groups(opt_cfg.weight_decay)
+        if self.online_probe is not None:
+            # Its own fixed lr, no weight decay, no LARS adaptation.
+            groups.append({"params": list(self.online_probe.parameters()), "lr": self.cfg.monitor.online_probe_lr,
+                           "weight_decay": 0.0, "lars_exclude": True, "name": "online_probe"})
+        optimizer = build_optimizer(
+            opt_cfg.name, groups, lr=lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay,
+            nesterov=opt_cfg.nesterov, eta=opt_cfg.eta, betas=tuple(opt_cfg.betas),
+        )
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs))
+        scheduler = build_scheduler(
+            optimizer, sched_cfg.name, total_steps=total_steps,
+            warmup_steps=int(round(sched_cfg.warmup_epochs * steps_per_epoch)),
+            warmup_start_ratio=sched_cfg.warmup_start_ratio, final_ratio=sched_cfg.final_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- hand-over to the evaluation stages ---------------------------------------
+    def export_encoder(self, path: Path) -> None:
+        """Write the backbone (and the method's heads) as plain tensors, loadable
+        with `torch.load(weights_only=True)` and strictly by `load_encoder`."""
+        heads = {k: v for k, v in self.state_dict().items()
+                 if not k.startswith("backbone.") and not k.startswith("online_probe.")}
+        torch.save(
+            {
+                "format": ENCODER_FORMAT,
+                "method": self.cfg.method.name,
+                "backbone_config": to_plain(self.cfg.backbone),
+                "image_size": int(self.cfg.data.image_size),
+                "backbone": {k: v.detach().cpu() for k, v in self.backbone.state_dict().items()},
+                "heads": {k: v.detach().cpu() for k, v in heads.items()},
+            },
+            path,
+        )

@@ -1,0 +1,44 @@
+"""Learning-rate schedules, stepped once per optimizer step."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+SCHEDULES = ("warmup_cosine", "constant")
+
+
+def _warmup(step: int, warmup_steps: int, warmup_start_ratio: float) -> float:
+    return warmup_start_ratio + (1.0 - warmup_start_ratio) * step / warmup_steps
+
+
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, warmup_start_ratio: float = 0.0,
+                         final_ratio: float = 0.0) -> float:
+    """Multiplier of the peak lr: linear warmup, then half a cosine down to
+    `final_ratio` at `total_steps` (SimCLR, Appendix B.1; Loshchilov & Hutter 2017)."""
+    if step < warmup_steps:
+        return _warmup(step, warmup_steps, warmup_start_ratio)
+    t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def constant_factor(step: int, total_steps: int, warmup_steps: int, warmup_start_ratio: float = 0.0) -> float:
+    """Linear warmup, then the peak lr."""
+    return _warmup(step, warmup_steps, warmup_start_ratio) if step < warmup_steps else 1.0
+
+
+def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_steps: int,
+                    warmup_start_ratio: float = 0.0, final_ratio: float = 0.0) -> LambdaLR:
+    """A per-step LambdaLR; each param group's own lr is its peak."""
+    if name == "warmup_cosine":
+        factor = partial(warmup_cosine_factor, total_steps=total_steps, warmup_steps=warmup_steps,
+                         warmup_start_ratio=warmup_start_ratio, final_ratio=final_ratio)
+    elif name == "constant":
+        factor = partial(constant_factor, total_steps=total_steps, warmup_steps=warmup_steps,
+                         warmup_start_ratio=warmup_start_ratio)
+    else:
+        raise ValueError(f"unknown schedule '{name}'; use one of {', '.join(SCHEDULES)}")
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,273 @@
+"""The pipeline: pretrain, then the evaluation stages chained after it.
+
+Each stage has its own subfolder and its own Trainer. Stages hand over through
+the run's manifest: pretraining records the encoder it exported, and kNN,
+linear and fine-tuning load that file strictly (or `checkpoint=PATH` when the
+pipeline has no pretraining). Rerunning a command in the same run folder skips
+finished stages and resumes an interrupted one from its `last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from ssl_runner.config import to_plain
+from ssl_runner.data.datasets import ImageSet, load_split
+from ssl_runner.data.loaders import eval_loader, labelled_train_loader, pretrain_loader
+from ssl_runner.data.views import ViewRecipe
+from ssl_runner.encoder import LoadedEncoder, load_encoder
+from ssl_runner.errors import UserError
+from ssl_runner.eval.classifier import Classifier, extract_features
+from ssl_runner.eval.knn import knn_top1
+from ssl_runner.methods import build_method
+from ssl_runner.models.backbones import build_backbone
+from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise, write_json
+from ssl_runner.training import build_trainer, finish_loggers, log_stage_result, resume_path
+
+log = logging.getLogger(__name__)
+
+BASELINE_STAGE = "knn_random_init"
+
+
+@dataclass
+class RunContext:
+    """What every stage can reach: the config, the run folder and the data."""
+
+    cfg: DictConfig
+    run_dir: Path
+    manifest: Manifest
+    # Test hook: extra Lightning callbacks for the training stages.
+    callbacks: List[Callback] = field(default_factory=list)
+
+    @cached_property
+    def train_images(self) -> ImageSet:
+        return load_split(self.cfg.data, "train", self.cfg.seed)
+
+    @cached_property
+    def test_images(self) -> ImageSet:
+        images = load_split(self.cfg.data, "test", self.cfg.seed)
+        if not images.has_labels:
+            raise UserError(f"the test split under {self.cfg.data.root} has no class folders, so kNN and linear "
+                            "evaluation have nothing to score. Arrange it as test/<class>/<images>.")
+        return images
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train_images.classes)
+
+    def encoder(self) -> LoadedEncoder:
+        """The encoder to evaluate: this run's pretrain export, else `checkpoint=`."""
+        path = self.manifest.encoder_path() or (Path(self.cfg.checkpoint) if self.cfg.checkpoint else None)
+        if path is None:
+            raise UserError(
+                "there is no encoder to evaluate: the pipeline has no pretrain stage and no checkpoint was "
+                "given. Add pretrain to pipeline.stages, or pass checkpoint=PATH (a pretrain/encoder.pt)."
+            )
+        return load_encoder(path)
+
+    def features(self, stage: str, encoder: torch.nn.Module) -> Dict[str, torch.Tensor]:
+        trainer = build_trainer(self.cfg, self.run_dir, stage, max_epochs=1, checkpoint=False, logger=False)
+        d = self.cfg.data
+        train_f, train_l = extract_features(trainer, encoder, eval_loader(d, self.train_images), d.mean, d.std)
+        test_f, test_l = extract_features(trainer, encoder, eval_loader(d, self.test_images), d.mean, d.std)
+        return {"train": train_f, "train_labels": train_l, "test": test_f, "test_labels": test_l}
+
+
+def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int,
+         train: DataLoader, val: Optional[List[DataLoader]] = None, **trainer_overrides: Any) -> L.Trainer:
+    """Fit with the stage's checkpoints, resuming from `last.ckpt` if a previous attempt left one."""
+    trainer = build_trainer(ctx.cfg, ctx.run_dir, stage, max_epochs, callbacks=list(ctx.callbacks),
+                            **trainer_overrides)
+    ckpt = resume_path(ctx.run_dir, stage)
+    if ckpt:
+        log.info("%s: resuming from %s", stage, ckpt)
+        ctx.manifest.data["stages"][stage]["resumed_from"] = str(Path(ckpt).relative_to(ctx.run_dir))
+        ctx.manifest.save()
+    try:
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt)
+    finally:
+        finish_loggers(trainer.loggers)
+    return trainer
+
+
+def _epoch_metric(trainer: L.Trainer, key: str) -> Optional[float]:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else round(float(value), 4)
+
+
+# ---- stages --------------------------------------------------------------------------
+
+def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
+    cfg = ctx.cfg
+    world_size = _world_size(cfg)
+    method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0)
+    train = pretrain_loader(cfg.data, ctx.train_images, method.recipe, method.num_views, world_size)
+    val = None
+    every = cfg.monitor.knn_every_n_epochs
+    if every > 0 and ctx.train_images.has_labels:
+        val = [eval_loader(cfg.data, ctx.train_images), eval_loader(cfg.data, ctx.test_images)]
+    start = time.perf_counter()
+    trainer = _fit(ctx, "pretrain", method, cfg.trainer.max_epochs, train, val,
+                   check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
+    encoder = ctx.run_dir / "pretrain" / "encoder.pt"
+    if trainer.is_global_zero:
+        method.export_encoder(encoder)
+    result = {
+        "epochs": trainer.current_epoch,
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss": _epoch_metric(trainer, "train/loss_epoch"),
+        "online_probe_top1": _epoch_metric(trainer, "val/probe_top1"),
+        "knn_monitor_top1": _epoch_metric(trainer, "val/knn_top1"),
+        "embedding_std": _epoch_metric(trainer, "train/embedding_std"),
+        "global_batch_size": cfg.data.batch_size * world_size * cfg.trainer.accumulate_grad_batches,
+        "checkpoint": "pretrain/checkpoints/last.ckpt",
+        "encoder": "pretrain/encoder.pt",
+    }
+    return {k: v for k, v in result.items() if v is not None}
+
+
+def _knn(ctx: RunContext, stage: str, encoder: torch.nn.Module) -> Dict[str, Any]:
+    f = ctx.features(stage, encoder)
+    k = ctx.cfg.eval.knn
+    top1 = knn_top1(f["train"], f["train_labels"], f["test"], f["test_labels"], ctx.num_classes, k.k, k.temperature)
+    log_stage_result(ctx.cfg, ctx.run_dir, stage, {f"{stage}/top1": top1})
+    return {"top1": round(top1, 2), "k": k.k, "temperature": k.temperature, "test_images": len(f["test"])}
+
+
+def stage_knn(ctx: RunContext) -> Dict[str, Any]:
+    enc = ctx.encoder()
+    return {**_knn(ctx, "knn", enc.backbone), "checkpoint": enc.path}
+
+
+def stage_knn_random_init(ctx: RunContext) -> Dict[str, Any]:
+    """kNN on an untrained encoder of the same architecture: the floor that
+    pretraining must beat."""
+    L.seed_everything(ctx.cfg.seed, verbose=False)
+    backbone = build_backbone(ctx.cfg.backbone, ctx.cfg.data.image_size)
+    return _knn(ctx, BASELINE_STAGE, backbone)
+
+
+def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[str, Any]:
+    cfg, stage_cfg = ctx.cfg, ctx.cfg.eval[stage]
+    enc = ctx.encoder()
+    d = cfg.data
+    if stage_cfg.augment or train_encoder:
+        # Random resized crop + flip only: the standard evaluation augmentation.
+        recipe = ViewRecipe.simclr(size=d.image_size, mean=list(d.mean), std=list(d.std), jitter_p=0.0,
+                                   grayscale_p=0.0)
+        module = Classifier(enc.backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=enc.backbone,
+                            train_encoder=train_encoder, recipe=recipe, mean=list(d.mean), std=list(d.std))
+        train = labelled_train_loader(d, ctx.train_images, recipe, stage_cfg.batch_size)
+        test = eval_loader(d, ctx.test_images, stage_cfg.batch_size)
+    else:
+        f = ctx.features(stage, enc.backbone)
+        module = Classifier(f["train"].shape[1], ctx.num_classes, stage_cfg)
+        n_train, n_test = len(f["train"]), len(f["test"])
+        train = DataLoader(TensorDataset(f["train"], f["train_labels"], torch.arange(n_train)),
+                           batch_size=stage_cfg.batch_size, shuffle=True)
+        test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(n_test)),
+                          batch_size=1024)
+    trainer = _fit(ctx, stage, module, stage_cfg.epochs, train)
+    trainer.test(module, dataloaders=test, verbose=False)
+    return {
+        "top1": round(float(trainer.callback_metrics["test/top1"]), 2),
+        "top5": round(float(trainer.callback_metrics["test/top5"]), 2),
+        "epochs": stage_cfg.epochs,
+        "train_loss": _epoch_metric(trainer, "train/loss"),
+        "features": "augmented images" if (stage_cfg.augment or train_encoder) else "cached, unaugmented",
+        "checkpoint": f"{stage}/checkpoints/last.ckpt",
+        "encoder_checkpoint": enc.path,
+    }
+
+
+def stage_linear(ctx: RunContext) -> Dict[str, Any]:
+    return _classifier_stage(ctx, "linear", train_encoder=False)
+
+
+def stage_finetune(ctx: RunContext) -> Dict[str, Any]:
+    return _classifier_stage(ctx, "finetune", train_encoder=True)
+
+
+STAGES: Dict[str, Callable[[RunContext], Dict[str, Any]]] = {
+    "pretrain": stage_pretrain,
+    "knn": stage_knn,
+    "linear": stage_linear,
+    "finetune": stage_finetune,
+    BASELINE_STAGE: stage_knn_random_init,
+}
+
+
+# ---- the pipeline ----------------------------------------------------------------------
+
+def _world_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.devices
+    per_node = devices if isinstance(devices, int) else (len(devices) if OmegaConf.is_list(devices) else 1)
+    return max(1, per_node) * cfg.trainer.num_nodes
+
+
+def run_facts(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+    """The facts every reported figure needs: method, data, backbone, epochs,
+    batch size, hardware, seed."""
+    return {
+        "method": cfg.method.name,
+        "data": cfg.data.name,
+        "backbone": cfg.backbone.name,
+        "seed": cfg.seed,
+        "run_dir": str(run_dir),
+        "train_images": cfg.data.subset,
+        "test_images": cfg.data.test_subset,
+        "epochs": cfg.trainer.max_epochs,
+        "batch_size": cfg.data.batch_size,
+        "devices": _world_size(cfg),
+        "hardware": hardware_description(cfg.trainer.accelerator),
+    }
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callback]] = None) -> Dict[str, Any]:
+    """Run the configured stages in `run_dir`; returns the summary it writes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.open(run_dir, to_plain(cfg))
+    ctx = RunContext(cfg, run_dir, manifest, list(callbacks or []))
+    stages = list(cfg.pipeline.stages)
+    if cfg.eval.random_baseline:
+        stages.append(BASELINE_STAGE)
+    if not all(manifest.is_done(s) for s in stages):
+        # Missing or unreadable data fails here, before any stage is recorded.
+        ctx.train_images  # noqa: B018
+        if any(s != "pretrain" for s in stages) or (
+            cfg.monitor.knn_every_n_epochs > 0 and ctx.train_images.has_labels
+        ):
+            ctx.test_images  # noqa: B018
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    facts = run_facts(cfg, run_dir)
+    build_summary = partial(summarise, baselines=(BASELINE_STAGE,))
+    for stage in stages:
+        if manifest.is_done(stage):
+            log.info("%s: already done in %s, skipped", stage, run_dir)
+            continue
+        L.seed_everything(cfg.seed, verbose=False)
+        log.info("%s: starting", stage)
+        manifest.start(stage)
+        try:
+            result = STAGES[stage](ctx)
+        except BaseException as err:
+            manifest.fail(stage, err)
+            write_json(run_dir / SUMMARY, build_summary(manifest, facts))
+            raise
+        manifest.finish(stage, result)
+        log.info("%s: done %s", stage, {k: v for k, v in result.items() if k in ("top1", "loss", "epochs")})
+        write_json(run_dir / SUMMARY, build_summary(manifest, facts))
+    summary = build_summary(manifest, facts)
+    write_json(run_dir / SUMMARY, summary)
+    return summary

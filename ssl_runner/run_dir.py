@@ -1,0 +1,138 @@
+"""The run folder's bookkeeping: `manifest.json` (what each stage did and which
+checkpoint it recorded) and `summary.json` (the results, derived from it).
+
+Stages talk through these files only, so a rerun in the same folder can skip
+finished stages and resume an interrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ssl_runner.errors import UserError
+
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+# Keys that may change between a run and its resumption without changing what
+# the finished stages computed.
+RESUMABLE_CHANGES = ("pipeline", "logger", "trainer.progress", "data.num_workers", "data.root")
+
+
+def write_json(path: Path, data: Dict[str, Any]) -> None:
+    """Write atomically: a crash never leaves half a JSON file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    a, b = _flatten(old), _flatten(new)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return diffs
+
+
+class Manifest:
+    """`manifest.json`: the config the folder was made with and each stage's record."""
+
+    def __init__(self, run_dir: Path, data: Dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.data = data
+
+    @classmethod
+    def open(cls, run_dir: Path, config: Dict[str, Any]) -> "Manifest":
+        """Open the folder's manifest, or start one. A folder made with a
+        different config is refused: resuming there would mix two runs."""
+        path = run_dir / MANIFEST
+        if path.is_file():
+            data = json.loads(path.read_text())
+            diffs = config_differences(data["config"], config)
+            if diffs:
+                shown = "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "")
+                raise UserError(
+                    f"the run folder {run_dir} already holds a run made with a different config ({shown}). "
+                    "Resuming there would mix two runs and could overwrite its checkpoints, so nothing was "
+                    "changed. Choose a new folder (hydra.run.dir=...) or rerun with the original settings."
+                )
+            data["config"] = config
+            return cls(run_dir, data)
+        return cls(run_dir, {"format": 1, "created": _now(), "config": config, "stages": {}})
+
+    def save(self) -> None:
+        write_json(self.run_dir / MANIFEST, self.data)
+
+    def stage(self, name: str) -> Dict[str, Any]:
+        return self.data["stages"].get(name, {})
+
+    def is_done(self, name: str) -> bool:
+        return self.stage(name).get("status") == "done"
+
+    def start(self, name: str) -> None:
+        record = self.data["stages"].setdefault(name, {})
+        record.update(status="running", started=_now())
+        record.pop("error", None)
+        self.save()
+
+    def finish(self, name: str, result: Dict[str, Any]) -> None:
+        record = self.data["stages"].setdefault(name, {})
+        record.update(result, status="done", finished=_now())
+        if "encoder" in result:
+            self.data["encoder"] = result["encoder"]
+        self.save()
+
+    def fail(self, name: str, error: BaseException) -> None:
+        record = self.data["stages"].setdefault(name, {})
+        record.update(status="failed" if not isinstance(error, KeyboardInterrupt) else "interrupted",
+                      error=f"{type(error).__name__}: {error}"[:500], finished=_now())
+        self.save()
+
+    def encoder_path(self) -> Optional[Path]:
+        """The encoder the last pretrain stage of this run recorded."""
+        rel = self.data.get("encoder")
+        return self.run_dir / rel if rel else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def hardware_description(accelerator: str) -> Dict[str, Any]:
+    info: Dict[str, Any] = {"accelerator": accelerator, "cpu": platform.processor() or platform.machine(),
+                            "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["accelerator"] = "gpu"
+    elif accelerator == "auto":
+        info["accelerator"] = "cpu"
+    return info
+
+
+def summarise(manifest: Manifest, facts: Dict[str, Any], baselines: Sequence[str] = ()) -> Dict[str, Any]:
+    """`summary.json`: the run's facts, then each stage's results (accuracies in
+    percent, last epoch), then the baselines (stages named in `baselines`)."""
+    stages: Dict[str, Any] = {}
+    baseline: Dict[str, Any] = {}
+    for name, record in manifest.data["stages"].items():
+        shown = {k: v for k, v in record.items() if k not in ("started", "finished")}
+        (baseline if name in baselines else stages)[name] = shown
+    return {**facts, "stages": stages, "baseline": baseline}

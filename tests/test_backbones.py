@@ -1,0 +1,59 @@
+"""Backbones: torchvision's layout, the CIFAR stem, the width multiplier."""
+
+import torch
+import torchvision
+from omegaconf import OmegaConf
+
+from ssl_runner.config import BackboneConfig
+from ssl_runner.models.backbones import build_backbone
+from ssl_runner.models.heads import MLPHead
+
+
+def cfg(**kw):
+    return OmegaConf.structured(BackboneConfig(**kw))
+
+
+def test_resnet_matches_torchvision_keys_and_shapes():
+    for depth, ctor in ((18, torchvision.models.resnet18), (50, torchvision.models.resnet50)):
+        ours = build_backbone(cfg(name=f"resnet{depth}", depth=depth), image_size=224).state_dict()
+        theirs = {k: v for k, v in ctor().state_dict().items() if not k.startswith("fc.")}
+        assert list(ours) == list(theirs)
+        assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def test_cifar_stem_switches_on_for_small_images():
+    small = build_backbone(cfg(depth=18), image_size=32)
+    large = build_backbone(cfg(depth=18), image_size=224)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    assert large.conv1.kernel_size == (7, 7) and isinstance(large.maxpool, torch.nn.MaxPool2d)
+    forced = build_backbone(cfg(depth=18, cifar_stem=False), image_size=32)
+    assert forced.conv1.kernel_size == (7, 7)
+    # 32 px through the CIFAR stem leaves a 4x4 map at layer4 (strides 1,2,2,2).
+    seen = {}
+    small.layer4.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    out = small.eval()(torch.randn(2, 3, 32, 32))
+    assert seen["shape"][-2:] == (4, 4) and out.shape == (2, 512)
+
+
+def test_width_multiplier_and_tiny_variant():
+    tiny = build_backbone(cfg(name="resnet_tiny", depth=10, width=0.25), image_size=32)
+    assert tiny.feature_dim == 128
+    assert [tiny.layer1[0].conv1.out_channels, tiny.layer4[0].conv1.out_channels] == [16, 128]
+    assert len(tiny.layer1) == 1
+    assert tiny.eval()(torch.randn(3, 3, 32, 32)).shape == (3, 128)
+    assert build_backbone(cfg(depth=50, width=0.5), image_size=32).feature_dim == 1024
+
+
+def test_zero_init_residual_zeroes_last_bn_of_each_block():
+    net = build_backbone(cfg(depth=18, zero_init_residual=True), image_size=32)
+    assert torch.count_nonzero(net.layer1[0].bn2.weight) == 0
+    assert torch.count_nonzero(net.layer1[0].bn1.weight) > 0
+
+
+def test_mlp_head_layout():
+    head = MLPHead([8, 16, 4])
+    kinds = [type(m).__name__ for m in head.net]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert head.net[0].bias is None and head.net[3].bias is not None
+    assert head(torch.randn(5, 8)).shape == (5, 4)

@@ -1,0 +1,79 @@
+"""Config composition and schema validation: every preset validates, and a
+misspelt key or a wrong type is refused with the key named."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config
+from ssl_runner.__main__ import config_dir
+from ssl_runner.errors import UserError
+
+CONF = Path(config_dir())
+GROUPS = ["method", "data", "views", "backbone", "optimizer", "scheduler", "trainer", "logger", "pipeline",
+          "experiment"]
+
+
+def test_default_config_validates_with_types():
+    cfg = compose_config()
+    assert cfg.method.name == "simclr"
+    assert cfg.method.temperature == 0.5 and cfg.method.proj_output_dim == 128
+    assert cfg.optimizer.name == "lars" and isinstance(cfg.optimizer.lr, float)
+    assert list(cfg.pipeline.stages) == ["pretrain", "knn", "linear"]
+    assert cfg.data.root.endswith("cifar10")
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_validates(group):
+    options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    assert options, f"no options in conf/{group}"
+    for option in options:
+        overrides = [f"{group}={option}"]
+        if group == "data" and option == "imagefolder":
+            overrides.append("data.root=/some/folder")
+        compose_config(overrides)
+
+
+def test_data_root_defaults_to_env_variable(monkeypatch):
+    monkeypatch.setenv("SSL_RUNNER_DATA", "/datasets")
+    assert compose_config().data.root == "/datasets/cifar10"
+
+
+def test_misspelt_key_is_named_with_a_suggestion():
+    with pytest.raises(UserError) as err:
+        compose_config(["+optimizer.lrr=0.1"])
+    assert "optimizer.lrr" in str(err.value) and "optimizer.lr" in str(err.value).replace("optimizer.lrr", "")
+
+
+def test_misspelt_nested_key_in_eval_is_named():
+    with pytest.raises(UserError, match="eval.linear.epoch"):
+        compose_config(["+eval.linear.epoch=3"])
+
+
+def test_misspelt_method_key_is_named():
+    with pytest.raises(UserError) as err:
+        compose_config(["+method.temprature=0.1"])
+    assert "method.temprature" in str(err.value) and "temperature" in str(err.value)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(UserError, match="optimizer.lr"):
+        compose_config(["optimizer.lr=fast"])
+    with pytest.raises(UserError, match="trainer.max_epochs"):
+        compose_config(["trainer.max_epochs=1.5"])
+
+
+def test_values_outside_their_choices_are_refused():
+    with pytest.raises(UserError, match="optimizer.name.*sgd, lars, adamw"):
+        compose_config(["optimizer.name=rmsprop"])
+    with pytest.raises(UserError, match="unknown stage 'probe'"):
+        compose_config(["pipeline.stages=[pretrain,probe]"])
+    with pytest.raises(UserError, match="data.batch_size"):
+        compose_config(["data.batch_size=0"])
+
+
+def test_experiment_preset_overrides_groups_and_cli_wins_over_preset():
+    cfg = compose_config(["experiment=smoke"])
+    assert cfg.backbone.name == "resnet_tiny" and cfg.data.subset == 2000 and cfg.eval.random_baseline
+    cfg = compose_config(["experiment=smoke", "backbone=resnet18", "data.subset=500"])
+    assert cfg.backbone.name == "resnet18" and cfg.data.subset == 500

@@ -42,6 +42,17 @@ QUIET_WARNINGS = (
 )
 
 
+def quiet_lightning() -> None:
+    """Lightning's loggers print through their own handlers and announce
+    hardware and tips at INFO for every Trainer; route them through ours and
+    keep only its warnings (epochs are logged by our progress callback)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)
+
+
 def _discard_empty_run_dir(run_dir: Path) -> None:
     """A run that failed validation leaves no folder behind, unless the folder
     holds more than what Hydra wrote for this very call."""
@@ -57,6 +68,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     from ssl_runner.methods import method_schemas
     from ssl_runner.pipeline import run_pipeline
 
+    quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         typed = validate(cfg, method_schemas())

@@ -119,6 +119,8 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     deterministic: bool = False
     sync_batchnorm: bool = False
+    # NHWC memory layout for the backbone's convolutions.
+    channels_last: bool = True
     # "auto": a rich progress bar on a terminal, plain lines otherwise.
     progress: str = "auto"
 

@@ -74,7 +74,9 @@ class RunContext:
                 "there is no encoder to evaluate: the pipeline has no pretrain stage and no checkpoint was "
                 "given. Add pretrain to pipeline.stages, or pass checkpoint=PATH (a pretrain/encoder.pt)."
             )
-        return load_encoder(path)
+        encoder = load_encoder(path)
+        encoder.backbone.use_channels_last(self.cfg.trainer.channels_last)
+        return encoder
 
     def features(self, stage: str, encoder: torch.nn.Module) -> Dict[str, torch.Tensor]:
         trainer = build_trainer(self.cfg, self.run_dir, stage, max_epochs=1, checkpoint=False, logger=False)
@@ -154,7 +156,8 @@ def stage_knn_random_init(ctx: RunContext) -> Dict[str, Any]:
     """kNN on an untrained encoder of the same architecture: the floor that
     pretraining must beat."""
     L.seed_everything(ctx.cfg.seed, verbose=False)
-    backbone = build_backbone(ctx.cfg.backbone, ctx.cfg.data.image_size)
+    backbone = build_backbone(ctx.cfg.backbone, ctx.cfg.data.image_size).use_channels_last(
+        ctx.cfg.trainer.channels_last)
     return _knn(ctx, BASELINE_STAGE, backbone)
 
 
@@ -179,12 +182,13 @@ def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[
         test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(n_test)),
                           batch_size=1024)
     trainer = _fit(ctx, stage, module, stage_cfg.epochs, train)
+    train_loss = _epoch_metric(trainer, "train/loss")
     trainer.test(module, dataloaders=test, verbose=False)
     return {
         "top1": round(float(trainer.callback_metrics["test/top1"]), 2),
         "top5": round(float(trainer.callback_metrics["test/top5"]), 2),
         "epochs": stage_cfg.epochs,
-        "train_loss": _epoch_metric(trainer, "train/loss"),
+        "train_loss": train_loss,
         "features": "augmented images" if (stage_cfg.augment or train_encoder) else "cached, unaugmented",
         "checkpoint": f"{stage}/checkpoints/last.ckpt",
         "encoder_checkpoint": enc.path,

@@ -77,7 +77,8 @@ class BaseMethod(L.LightningModule):
         self.save_hyperparameters({"config": to_plain(cfg), "num_classes": num_classes})
         self.cfg = cfg
         self.num_classes = num_classes
-        self.backbone = build_backbone(cfg.backbone, cfg.data.image_size)
+        self.backbone = build_backbone(cfg.backbone, cfg.data.image_size).use_channels_last(
+            cfg.trainer.channels_last)
         self.feature_dim = self.backbone.feature_dim
         self.online_probe: Optional[nn.Linear] = None
         if cfg.monitor.online_probe and num_classes > 0:

@@ -59,6 +59,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = widths[3] * block.expansion
+        self.channels_last = False
 
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
@@ -85,7 +86,15 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def use_channels_last(self, enabled: bool = True) -> "ResNet":
+        """NHWC weights and inputs: 1.6x faster training of resnet_tiny on this
+        project's 2-core CPU (see README, Benchmarks); numerically the same."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)

@@ -1,4 +1,5 @@
-"""Learning-rate schedules, stepped once per optimizer step."""
+"""Learning-rate schedules as multipliers of each group's peak lr, stepped
+once per optimizer step (not per epoch), so warmup is smooth at any epoch count."""
 
 from __future__ import annotations
 
@@ -11,28 +12,34 @@ from torch.optim.lr_scheduler import LambdaLR
 SCHEDULES = ("warmup_cosine", "constant")
 
 
-def _warmup(step: int, warmup_steps: int, warmup_start_ratio: float) -> float:
+def _linear_warmup(step: int, warmup_steps: int, warmup_start_ratio: float) -> float:
     return warmup_start_ratio + (1.0 - warmup_start_ratio) * step / warmup_steps
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, warmup_start_ratio: float = 0.0,
                          final_ratio: float = 0.0) -> float:
-    """Multiplier of the peak lr: linear warmup, then half a cosine down to
-    `final_ratio` at `total_steps` (SimCLR, Appendix B.1; Loshchilov & Hutter 2017)."""
+    """Linear warmup from `warmup_start_ratio` to 1 over `warmup_steps`, then
+    half a cosine down to `final_ratio` at `total_steps` (SimCLR, Appendix B.1;
+    Loshchilov & Hutter 2017). Once warmup reaches or passes `total_steps`
+    there is no decay: the factor stays 1 after warmup."""
     if step < warmup_steps:
-        return _warmup(step, warmup_steps, warmup_start_ratio)
+        return _linear_warmup(step, warmup_steps, warmup_start_ratio)
+    if warmup_steps >= total_steps:
+        return 1.0
     t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def constant_factor(step: int, total_steps: int, warmup_steps: int, warmup_start_ratio: float = 0.0) -> float:
-    """Linear warmup, then the peak lr."""
-    return _warmup(step, warmup_steps, warmup_start_ratio) if step < warmup_steps else 1.0
+    """Linear warmup, then the peak lr; `total_steps` only keeps the signature
+    the same as `warmup_cosine_factor`."""
+    return _linear_warmup(step, warmup_steps, warmup_start_ratio) if step < warmup_steps else 1.0
 
 
 def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_steps: int,
                     warmup_start_ratio: float = 0.0, final_ratio: float = 0.0) -> LambdaLR:
-    """A per-step LambdaLR; each param group's own lr is its peak."""
+    """A LambdaLR applying the same factor to every param group, so each
+    group's own lr (backbone, head, online probe) is its peak."""
     if name == "warmup_cosine":
         factor = partial(warmup_cosine_factor, total_steps=total_steps, warmup_steps=warmup_steps,
                          warmup_start_ratio=warmup_start_ratio, final_ratio=final_ratio)
@@ -41,4 +48,4 @@ def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_st
                          warmup_start_ratio=warmup_start_ratio)
     else:
         raise ValueError(f"unknown schedule '{name}'; use one of {', '.join(SCHEDULES)}")
-    return LambdaLR(optimizer, factor)
+    return LambdaLR(optimizer, [factor] * len(optimizer.param_groups))

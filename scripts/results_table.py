@@ -1,0 +1,30 @@
+"""Print a markdown results table from run folders.
+
+    python scripts/results_table.py outputs/            # every run below outputs/
+    python scripts/results_table.py RUN_DIR [RUN_DIR ...]
+
+Accuracies are last-epoch test top-1 in percent; every row says its epochs,
+batch size, backbone, hardware and seed.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from ssl_runner.report import find_summaries, markdown_table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="run folders, or folders to search for summary.json")
+    args = parser.parse_args()
+    summaries = find_summaries(args.paths)
+    if not summaries:
+        print(f"no summary.json under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 1
+    print(markdown_table(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Data sets as uint8 images: CIFAR-10 (torchvision archive or image folder) and
+any image-folder tree, with class-balanced seeded subsets.
+
+Every split becomes an `ImageSet`: labels plus either a uint8 tensor of all
+images (small data sets, decoded once) or the file paths (decoded per item).
+Views and normalisation happen later, so the same `ImageSet` serves
+pretraining, kNN and the linear probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
+
+from ssl_runner.config import DataConfig
+from ssl_runner.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+UNLABELLED = -1
+ENV_VAR = "SSL_RUNNER_DATA"
+
+
+def decode_file(path: str, load_size: Optional[int] = None) -> Tensor:
+    """Decode one image file to uint8 3xHxW RGB; optionally resize the shorter
+    side to `load_size` and centre-crop a square."""
+    try:
+        image = decode_image(path, mode=ImageReadMode.RGB)
+    except Exception:  # formats torchvision cannot read: fall back to PIL
+        try:
+            from PIL import Image
+
+            with Image.open(path) as pil:
+                image = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1)
+        except Exception as err:
+            raise UserError(
+                f"could not decode the image file {path} ({type(err).__name__}: {err}). "
+                "The file is corrupt or not an image: remove or replace it and run again."
+            ) from None
+    if load_size is not None:
+        image = resize_center_crop(image, load_size)
+    return image
+
+
+def resize_center_crop(image: Tensor, size: int) -> Tensor:
+    """Resize the shorter side to `size` (antialiased) and centre-crop size x size."""
+    if min(image.shape[-2:]) != size:
+        image = TF.resize(image, size, antialias=True)
+    if image.shape[-1] != size or image.shape[-2] != size:
+        image = TF.center_crop(image, [size, size])
+    return image
+
+
+@dataclass
+class ImageSet:
+    """One split: labels plus images in memory (uint8 Nx3xHxW) or file paths."""
+
+    labels: Tensor
+    classes: List[str]
+    images: Optional[Tensor] = None
+    paths: Optional[List[str]] = None
+    load_size: Optional[int] = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels != UNLABELLED).all())
+
+    @property
+    def fixed_size(self) -> Optional[int]:
+        """The side of every image when all are the same square size, else None."""
+        if self.images is not None:
+            return int(self.images.shape[-1]) if self.images.shape[-1] == self.images.shape[-2] else None
+        return self.load_size
+
+    def image(self, index: int) -> Tensor:
+        if self.images is not None:
+            return self.images[index]
+        assert self.paths is not None
+        return decode_file(self.paths[index], self.load_size)
+
+    def select(self, indices: Tensor) -> "ImageSet":
+        idx = indices.tolist()
+        return ImageSet(
+            labels=self.labels[indices],
+            classes=self.classes,
+            images=None if self.images is None else self.images[indices],
+            paths=None if self.paths is None else [self.paths[i] for i in idx],
+            load_size=self.load_size,
+        )
+
+    def into_memory(self) -> "ImageSet":
+        """Decode every file once into one uint8 tensor (images must share a size)."""
+        if self.images is not None:
+            return self
+        assert self.paths is not None
+        decoded = [decode_file(p, self.load_size) for p in self.paths]
+        shapes = {tuple(t.shape) for t in decoded}
+        if len(shapes) > 1:
+            raise UserError(
+                f"data.in_memory=true needs images of one size, but found {len(shapes)} sizes "
+                f"(e.g. {sorted(shapes)[:3]}). Set data.load_size=N to resize them when decoding, "
+                "or data.in_memory=false data.views_on=cpu to decode per image."
+            )
+        images = torch.stack(decoded) if decoded else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+        return ImageSet(self.labels, self.classes, images=images, load_size=self.load_size)
+
+
+def balanced_subset(labels: Tensor, size: int, seed: int) -> Tensor:
+    """Indices of `size` items, as equal a share per class as possible, seeded.
+
+    Unlabelled data gets a plain random subset. The result is sorted so that a
+    subset of a subset keeps the original order.
+    """
+    n = len(labels)
+    if size >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    if bool((labels == UNLABELLED).all()):
+        return torch.randperm(n, generator=gen)[:size].sort().values
+    classes = labels.unique().tolist()
+    per_class, extra = divmod(size, len(classes))
+    # Which classes take one of the `extra` leftover slots is also seeded.
+    bonus = set(torch.randperm(len(classes), generator=gen)[:extra].tolist())
+    chosen = []
+    for i, c in enumerate(classes):
+        members = (labels == c).nonzero().flatten()
+        take = per_class + (1 if i in bonus else 0)
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:take]])
+    return torch.cat(chosen).sort().values
+
+
+def _list_image_folder(split_dir: Path) -> tuple[List[str], Tensor, List[str]]:
+    entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
+    class_dirs = [e for e in entries if e.is_dir()]
+    if class_dirs:
+        classes = [e.name for e in class_dirs]
+        paths: List[str] = []
+        labels: List[int] = []
+        for label, entry in enumerate(class_dirs):
+            files = sorted(f.path for f in os.scandir(entry.path) if _is_image(f.name))
+            paths += files
+            labels += [label] * len(files)
+        return paths, torch.tensor(labels, dtype=torch.long), classes
+    files = [e.path for e in entries if e.is_file() and _is_image(e.name)]
+    return files, torch.full((len(files),), UNLABELLED, dtype=torch.long), []
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _missing_data_error(cfg: DataConfig, split: str, reason: str) -> UserError:
+    env = os.environ.get(ENV_VAR)
+    env_note = f"{ENV_VAR} is '{env}'" if env is not None else f"{ENV_VAR} is not set"
+    return UserError(
+        f"no {cfg.name} '{split}' split at {Path(cfg.root).resolve()} ({reason}; {env_note}). "
+        f"Set {ENV_VAR} to the folder that holds {cfg.name}/ (for example "
+        f"{ENV_VAR}=../shared/data), or pass data.root=PATH pointing at a folder with "
+        f"{split}/<class>/<images>"
+        + (" or torchvision's cifar-10-batches-py/." if cfg.name == "cifar10" else ".")
+    )
+
+
+def _load_torchvision_cifar10(cfg: DataConfig, split: str, download: bool) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    # The first folder that a failed download would leave behind, removed then.
+    created = Path(cfg.root).absolute()
+    while not created.parent.exists():
+        created = created.parent
+    created = None if created.exists() else created
+    try:
+        ds = CIFAR10(cfg.root, train=(split == "train"), download=download)
+    except Exception as err:  # no network, a partial archive, a read-only folder
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise _missing_data_error(
+            cfg, split, f"looked for train/<class>/ image folders and cifar-10-batches-py/; "
+            f"downloading failed: {type(err).__name__}: {err}"
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), images=images)
+
+
+def load_split(cfg: DataConfig, split: str, seed: int) -> ImageSet:
+    """The `split` ("train" or "test") of the configured data set, subset and
+    (if `cfg.in_memory`) decoded."""
+    root = Path(cfg.root)
+    split_dir = root / split
+    subset = cfg.subset if split == "train" else cfg.test_subset
+    if split_dir.is_dir():
+        paths, labels, classes = _list_image_folder(split_dir)
+        if not paths:
+            raise _missing_data_error(cfg, split, f"{split_dir} holds no image files")
+        images = ImageSet(labels, classes, paths=paths, load_size=cfg.load_size)
+    elif cfg.name == "cifar10" and ((root / "cifar-10-batches-py").is_dir() or cfg.download):
+        images = _load_torchvision_cifar10(cfg, split, download=cfg.download)
+    else:
+        raise _missing_data_error(cfg, split, f"{split_dir} does not exist")
+    if subset is not None:
+        images = images.select(balanced_subset(images.labels, subset, seed))
+    if cfg.in_memory:
+        images = images.into_memory()
+    log.info(
+        "%s %s: %d images, %d classes, %s",
+        cfg.name, split, len(images), len(images.classes),
+        "in memory" if images.images is not None else "decoded per item",
+    )
+    return images

@@ -1,0 +1,98 @@
+"""DataLoaders over `ImageSet`s for pretraining and evaluation.
+
+Every batch is `(images, labels, indices)`. For pretraining with
+`views_on=device`, images are uint8 and the method makes the views after the
+transfer; with `views_on=cpu` the workers make them per image, and images is a
+list of float views. Evaluation batches are uint8 images at `image_size`,
+normalised on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_runner.config import DataConfig
+from ssl_runner.data.datasets import ImageSet, resize_center_crop
+from ssl_runner.data.views import ViewRecipe
+from ssl_runner.errors import UserError
+
+
+class PretrainDataset(Dataset):
+    """Images with their labels and sample indices (NPID-style methods need the
+    index); with a `recipe`, each item is `num_views` views made here."""
+
+    def __init__(self, images: ImageSet, recipe: Optional[ViewRecipe] = None, num_views: int = 2) -> None:
+        self.images = images
+        self.recipe = recipe
+        self.num_views = num_views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[Any, Tensor, int]:
+        image = self.images.image(index)
+        label = self.images.labels[index]
+        if self.recipe is None:
+            return image, label, index
+        batch = image.unsqueeze(0)
+        return [self.recipe(batch)[0] for _ in range(self.num_views)], label, index
+
+
+class EvalDataset(Dataset):
+    """Unaugmented uint8 images at `image_size` (a centre crop when larger)."""
+
+    def __init__(self, images: ImageSet, image_size: int) -> None:
+        self.images = images
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Tensor, int]:
+        image = self.images.image(index)
+        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            image = resize_center_crop(image, self.image_size)
+        return image, self.images.labels[index], index
+
+
+def _loader_kwargs(cfg: DataConfig) -> dict:
+    kwargs: dict = {"num_workers": cfg.num_workers, "pin_memory": torch.cuda.is_available()}
+    if cfg.num_workers > 0:
+        kwargs["persistent_workers"] = True
+    return kwargs
+
+
+def pretrain_loader(
+    cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, num_views: int, world_size: int = 1
+) -> DataLoader:
+    """Shuffled, last incomplete batch dropped (NT-Xent and BatchNorm want full batches)."""
+    global_batch = cfg.batch_size * world_size
+    if len(images) < global_batch:
+        raise UserError(
+            f"the global batch ({cfg.batch_size} per device x {world_size} device(s) = {global_batch}) is "
+            f"larger than the training set ({len(images)} images), so an epoch would hold no batch "
+            f"(incomplete batches are dropped). Lower data.batch_size or train on more images "
+            f"(data.subset={cfg.subset})."
+        )
+    if cfg.views_on == "device" and images.fixed_size is None:
+        raise UserError(
+            "data.views_on=device batches whole images, but the images of this data set differ in size. "
+            "Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made per image)."
+        )
+    dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **_loader_kwargs(cfg))
+
+
+def eval_loader(cfg: DataConfig, images: ImageSet, batch_size: Optional[int] = None) -> DataLoader:
+    dataset = EvalDataset(images, cfg.image_size)
+    return DataLoader(dataset, batch_size=batch_size or cfg.eval_batch_size, shuffle=False, **_loader_kwargs(cfg))
+
+
+def labelled_train_loader(cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, batch_size: int) -> DataLoader:
+    """Shuffled training images for a supervised stage, one view each."""
+    dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views=1)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, **_loader_kwargs(cfg))

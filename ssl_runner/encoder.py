@@ -73,7 +73,7 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
     except RuntimeError as err:
         raise UserError(
             f"checkpoint {path} does not match the backbone it declares ({backbone_cfg.get('name')}): "
-            f"{str(err).splitlines()[0]} ... Loading is strict, so the file is damaged or was edited; "
+            f"{' '.join(str(err).split())[:600]} Loading is strict, so the file is damaged or was edited; "
             "export it again from its pretrain run."
         ) from None
     return LoadedEncoder(backbone, method, str(path), dict(backbone_cfg))

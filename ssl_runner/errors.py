@@ -19,4 +19,4 @@ class UserError(Exception):
         super().__init__(" ".join(message.split()))
 
     def paragraph(self, width: int = 88) -> str:
-        return textwrap.fill(f"error: {self}", width=width)
+        return textwrap.fill(f"error: {self}", width=width, break_long_words=False, break_on_hyphens=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import sys
@@ -12,6 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig
 
 from ssl_runner.config import to_plain
@@ -39,6 +42,28 @@ class PlainProgress(Callback):
                  seconds, shown)
 
 
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed stage
+    must keep the epochs it logged before the interruption, so append."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as fh:
+                self.metrics_keys = sorted(next(csv.reader(fh), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSV metrics in the stage folder, appended to across resumptions."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def use_rich_progress(cfg: DictConfig) -> bool:
     mode = cfg.trainer.progress
     if mode == "auto":
@@ -49,7 +74,7 @@ def use_rich_progress(cfg: DictConfig) -> bool:
 def build_loggers(cfg: DictConfig, run_dir: Path, stage: str, stage_dir: Path) -> List[Logger]:
     """CSV metrics in the stage folder; with logger=wandb also one W&B run per
     stage, grouped by the pipeline run, with the stage as job type."""
-    loggers: List[Logger] = [CSVLogger(save_dir=str(stage_dir), name="", version="")]
+    loggers: List[Logger] = [ResumableCSVLogger(save_dir=str(stage_dir), name="", version="")]
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -109,8 +134,10 @@ def build_trainer(
     stage_dir.mkdir(parents=True, exist_ok=True)
     callbacks = list(callbacks or [])
     if checkpoint:
-        callbacks.append(ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                         every_n_epochs=1, enable_version_counter=False))
+        # One file, replaced every epoch: the newest state is all resume needs.
+        callbacks.append(ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), filename=Path(LAST_CHECKPOINT).stem,
+                                         monitor=None, save_top_k=1, every_n_epochs=1,
+                                         enable_version_counter=False))
     rich = use_rich_progress(cfg)
     if rich:
         callbacks.append(RichProgressBar(leave=True))

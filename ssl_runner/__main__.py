@@ -39,6 +39,9 @@ QUIET_WARNINGS = (
     ".*GPU available but not used.*",
     ".*Checkpoint directory .* exists and is not empty.*",
     ".*predict_dataloader.*shuffle.*",
+    ".*defined a `validation_step` but have no `val_dataloader`.*",
+    ".*LeafSpec.*deprecated.*",
+    ".*Experiment logs directory .* exists and is not empty.*",
 )
 
 

@@ -284,6 +284,12 @@ def validate(cfg: DictConfig, method_schemas: Dict[str, type]) -> DictConfig:
     OmegaConf.set_struct(typed, False)
     typed.method = method_cfg
     OmegaConf.set_struct(typed, True)
+    missing = sorted(OmegaConf.missing_keys(typed))
+    if missing:
+        raise UserError(
+            f"config key '{missing[0]}' has no value; set it on the command line ({missing[0]}=...)."
+            + (f" Also unset: {', '.join(missing[1:])}." if len(missing) > 1 else "")
+        )
     _check_values(typed)
     return typed
 

@@ -79,7 +79,7 @@ class RunContext:
         return encoder
 
     def features(self, stage: str, encoder: torch.nn.Module) -> Dict[str, torch.Tensor]:
-        trainer = build_trainer(self.cfg, self.run_dir, stage, max_epochs=1, checkpoint=False, logger=False)
+        trainer = build_trainer(self.cfg, self.run_dir, stage, max_epochs=1, checkpoint=False, log=False)
         d = self.cfg.data
         train_f, train_l = extract_features(trainer, encoder, eval_loader(d, self.train_images), d.mean, d.std)
         test_f, test_l = extract_features(trainer, encoder, eval_loader(d, self.test_images), d.mean, d.std)
@@ -144,7 +144,8 @@ def _knn(ctx: RunContext, stage: str, encoder: torch.nn.Module) -> Dict[str, Any
     k = ctx.cfg.eval.knn
     top1 = knn_top1(f["train"], f["train_labels"], f["test"], f["test_labels"], ctx.num_classes, k.k, k.temperature)
     log_stage_result(ctx.cfg, ctx.run_dir, stage, {f"{stage}/top1": top1})
-    return {"top1": round(top1, 2), "k": k.k, "temperature": k.temperature, "test_images": len(f["test"])}
+    return {"top1": round(top1, 2), "k": k.k, "temperature": k.temperature, "train_images": len(f["train"]),
+            "test_images": len(f["test"])}
 
 
 def stage_knn(ctx: RunContext) -> Dict[str, Any]:

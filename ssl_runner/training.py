@@ -126,10 +126,12 @@ def build_trainer(
     max_epochs: int,
     callbacks: Optional[List[Callback]] = None,
     checkpoint: bool = True,
+    log: bool = True,
     **overrides: Any,
 ) -> L.Trainer:
     """A Trainer writing into `run_dir/stage`; with `checkpoint`, `last.ckpt` every
-    epoch in `run_dir/stage/checkpoints` (what resume reads)."""
+    epoch in `run_dir/stage/checkpoints` (what resume reads); with `log`, the
+    stage's loggers."""
     stage_dir = run_dir / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
     callbacks = list(callbacks or [])
@@ -157,7 +159,7 @@ def build_trainer(
         deterministic=t.deterministic,
         sync_batchnorm=t.sync_batchnorm,
         default_root_dir=str(stage_dir),
-        logger=build_loggers(cfg, run_dir, stage, stage_dir),
+        logger=build_loggers(cfg, run_dir, stage, stage_dir) if log else False,
         callbacks=callbacks,
         enable_progress_bar=rich,
         enable_model_summary=False,

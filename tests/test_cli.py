@@ -156,3 +156,32 @@ def test_multirun_gives_each_job_its_own_folder_and_summary(tmp_path, data_dir):
         assert summary["stages"]["linear"]["status"] == "done"
         lrs.add(json.loads((path.parent / "manifest.json").read_text())["config"]["optimizer"]["lr"])
     assert lrs == {0.1, 0.3}
+
+
+def _wandb_run_records(run_dir: Path):
+    """(group, job_type) of every offline W&B run, read from its transaction log."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    records = []
+    for log_file in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        store = datastore.DataStore()
+        store.open_for_scan(str(log_file))
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            if record.WhichOneof("record_type") == "run":
+                records.append((record.run.group, record.run.job_type))
+                break
+    return records
+
+
+def test_wandb_offline_leaves_one_syncable_run_per_stage(tmp_path, data_dir):
+    run_dir = tmp_path / "w"
+    proc = run_cli(["experiment=smoke", "logger=wandb", "data.subset=300", "data.test_subset=100",
+                    "data.batch_size=100", "trainer.max_epochs=1", "eval.linear.epochs=1", f"hydra.run.dir={run_dir}"],
+                   tmp_path, data_dir, extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = _wandb_run_records(run_dir)
+    assert sorted(job for _, job in records) == ["knn", "knn_random_init", "linear", "pretrain"]
+    assert len({group for group, _ in records}) == 1 and records[0][0].endswith("w")

@@ -77,3 +77,14 @@ def test_experiment_preset_overrides_groups_and_cli_wins_over_preset():
     assert cfg.backbone.name == "resnet_tiny" and cfg.data.subset == 2000 and cfg.eval.random_baseline
     cfg = compose_config(["experiment=smoke", "backbone=resnet18", "data.subset=500"])
     assert cfg.backbone.name == "resnet18" and cfg.data.subset == 500
+
+
+def test_data_set_picks_its_default_views_and_the_command_line_wins():
+    assert compose_config(["data=cifar10"]).views.name == "simclr_cifar"
+    assert compose_config(["data=imagefolder", "data.root=/x"]).views.name == "simclr_imagenet"
+    assert compose_config(["data=imagefolder", "data.root=/x", "views=simclr_cifar"]).views.name == "simclr_cifar"
+
+
+def test_a_required_value_left_unset_is_named():
+    with pytest.raises(UserError, match=r"'data.root' has no value.*data.root=\.\.\."):
+        compose_config(["data=imagefolder"])

@@ -102,7 +102,9 @@ class Manifest:
 
     def fail(self, name: str, error: BaseException) -> None:
         record = self.data["stages"].setdefault(name, {})
-        record.update(status="failed" if not isinstance(error, KeyboardInterrupt) else "interrupted",
+        # Lightning turns Ctrl-C into SystemExit(1) after a graceful shutdown.
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+        record.update(status="interrupted" if interrupted else "failed",
                       error=f"{type(error).__name__}: {error}"[:500], finished=_now())
         self.save()
 

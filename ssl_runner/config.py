@@ -253,6 +253,12 @@ def validate(cfg: DictConfig, method_schemas: Dict[str, type]) -> DictConfig:
 
     Raises `UserError` naming the first offending key.
     """
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:
+        raise UserError(
+            f"config key '{missing[0]}' has no value; set it on the command line ({missing[0]}=...)."
+            + (f" Also unset: {', '.join(missing[1:])}." if len(missing) > 1 else "")
+        )
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
@@ -284,12 +290,6 @@ def validate(cfg: DictConfig, method_schemas: Dict[str, type]) -> DictConfig:
     OmegaConf.set_struct(typed, False)
     typed.method = method_cfg
     OmegaConf.set_struct(typed, True)
-    missing = sorted(OmegaConf.missing_keys(typed))
-    if missing:
-        raise UserError(
-            f"config key '{missing[0]}' has no value; set it on the command line ({missing[0]}=...)."
-            + (f" Also unset: {', '.join(missing[1:])}." if len(missing) > 1 else "")
-        )
     _check_values(typed)
     return typed
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -87,8 +87,11 @@ class RunContext:
 
 
 def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int,
-         train: DataLoader, val: Optional[List[DataLoader]] = None, **trainer_overrides: Any) -> L.Trainer:
-    """Fit with the stage's checkpoints, resuming from `last.ckpt` if a previous attempt left one."""
+         train: DataLoader, val: Optional[List[DataLoader]] = None, test: Optional[DataLoader] = None,
+         **trainer_overrides: Any) -> Tuple[L.Trainer, Dict[str, float]]:
+    """Fit with the stage's checkpoints, resuming from `last.ckpt` if a previous
+    attempt left one, then test once if `test` is given. Returns the trainer and
+    the metrics at the end of training (before testing replaces them)."""
     trainer = build_trainer(ctx.cfg, ctx.run_dir, stage, max_epochs, callbacks=list(ctx.callbacks),
                             **trainer_overrides)
     ckpt = resume_path(ctx.run_dir, stage)
@@ -98,14 +101,12 @@ def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int
         ctx.manifest.save()
     try:
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt)
+        fit_metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+        if test is not None:
+            trainer.test(module, dataloaders=test, verbose=False)
     finally:
         finish_loggers(trainer.loggers)
-    return trainer
-
-
-def _epoch_metric(trainer: L.Trainer, key: str) -> Optional[float]:
-    value = trainer.callback_metrics.get(key)
-    return None if value is None else round(float(value), 4)
+    return trainer, fit_metrics
 
 
 # ---- stages --------------------------------------------------------------------------
@@ -120,18 +121,18 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     if every > 0 and ctx.train_images.has_labels:
         val = [eval_loader(cfg.data, ctx.train_images), eval_loader(cfg.data, ctx.test_images)]
     start = time.perf_counter()
-    trainer = _fit(ctx, "pretrain", method, cfg.trainer.max_epochs, train, val,
-                   check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
+    trainer, metrics = _fit(ctx, "pretrain", method, cfg.trainer.max_epochs, train, val,
+                            check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
     encoder = ctx.run_dir / "pretrain" / "encoder.pt"
     if trainer.is_global_zero:
         method.export_encoder(encoder)
     result = {
         "epochs": trainer.current_epoch,
         "seconds": round(time.perf_counter() - start, 1),
-        "loss": _epoch_metric(trainer, "train/loss_epoch"),
-        "online_probe_top1": _epoch_metric(trainer, "val/probe_top1"),
-        "knn_monitor_top1": _epoch_metric(trainer, "val/knn_top1"),
-        "embedding_std": _epoch_metric(trainer, "train/embedding_std"),
+        "loss": metrics.get("train/loss_epoch"),
+        "online_probe_top1": metrics.get("val/probe_top1"),
+        "knn_monitor_top1": metrics.get("val/knn_top1"),
+        "embedding_std": metrics.get("train/embedding_std"),
         "global_batch_size": cfg.data.batch_size * world_size * cfg.trainer.accumulate_grad_batches,
         "checkpoint": "pretrain/checkpoints/last.ckpt",
         "encoder": "pretrain/encoder.pt",
@@ -182,14 +183,12 @@ def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[
                            batch_size=stage_cfg.batch_size, shuffle=True)
         test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(n_test)),
                           batch_size=1024)
-    trainer = _fit(ctx, stage, module, stage_cfg.epochs, train)
-    train_loss = _epoch_metric(trainer, "train/loss")
-    trainer.test(module, dataloaders=test, verbose=False)
+    trainer, metrics = _fit(ctx, stage, module, stage_cfg.epochs, train, test=test)
     return {
         "top1": round(float(trainer.callback_metrics["test/top1"]), 2),
         "top5": round(float(trainer.callback_metrics["test/top5"]), 2),
         "epochs": stage_cfg.epochs,
-        "train_loss": train_loss,
+        "train_loss": metrics.get("train/loss"),
         "features": "augmented images" if (stage_cfg.augment or train_encoder) else "cached, unaugmented",
         "checkpoint": f"{stage}/checkpoints/last.ckpt",
         "encoder_checkpoint": enc.path,

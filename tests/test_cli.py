@@ -158,20 +158,40 @@ def test_multirun_gives_each_job_its_own_folder_and_summary(tmp_path, data_dir):
     assert lrs == {0.1, 0.3}
 
 
+def _wandb_log_records(path: Path):
+    """The records of a W&B transaction log (`run-*.wandb`): a 7-byte file
+    header, then LevelDB-style 32 KiB blocks of fragments, each with a 7-byte
+    header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left for a header: padding
+            pos += block - pos % block
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        fragment = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            break
+        pending = fragment if kind in (1, 2) else pending + fragment
+        if kind in (1, 4):
+            yield pending
+            pending = b""
+
+
 def _wandb_run_records(run_dir: Path):
     """(group, job_type) of every offline W&B run, read from its transaction log."""
     from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
 
     records = []
     for log_file in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        store = datastore.DataStore()
-        store.open_for_scan(str(log_file))
-        while (data := store.scan_data()) is not None:
+        for data in _wandb_log_records(log_file):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(data)
             if record.WhichOneof("record_type") == "run":
-                records.append((record.run.group, record.run.job_type))
+                records.append((record.run.run_group, record.run.job_type))
                 break
     return records
 

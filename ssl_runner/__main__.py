@@ -7,6 +7,7 @@ Hydra's run folder. Bad input ends with one paragraph and exit status 2.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import warnings
@@ -61,6 +62,9 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
     holds more than what Hydra wrote for this very call."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "ssl_runner.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        # The default layout's date folder too, if this run was all it held.
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name) and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -82,8 +86,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         summary = run_pipeline(typed, run_dir)
     except UserError as err:
-        log.error("%s", err)
         print(err.paragraph(), file=sys.stderr)
+        _discard_empty_run_dir(run_dir)
         sys.exit(EXIT_USER_ERROR)
     results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()}
     log.info("run folder %s: %s", run_dir, results)

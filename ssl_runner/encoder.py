@@ -28,7 +28,6 @@ class LoadedEncoder:
     backbone: ResNet
     method: str
     path: str
-    backbone_config: Dict[str, Any]
 
 
 def _read(path: Path) -> Dict[str, Any]:
@@ -76,4 +75,4 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
             f"{' '.join(str(err).split())[:600]} Loading is strict, so the file is damaged or was edited; "
             "export it again from its pretrain run."
         ) from None
-    return LoadedEncoder(backbone, method, str(path), dict(backbone_cfg))
+    return LoadedEncoder(backbone, method, str(path))

@@ -151,7 +151,7 @@ def _knn(ctx: RunContext, stage: str, encoder: torch.nn.Module) -> Dict[str, Any
 
 def stage_knn(ctx: RunContext) -> Dict[str, Any]:
     enc = ctx.encoder()
-    return {**_knn(ctx, "knn", enc.backbone), "checkpoint": enc.path}
+    return {**_knn(ctx, "knn", enc.backbone), "checkpoint": enc.path, "encoder_method": enc.method}
 
 
 def stage_knn_random_init(ctx: RunContext) -> Dict[str, Any]:

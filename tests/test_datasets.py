@@ -1,6 +1,5 @@
 """Data loading: real CIFAR-10 image folders, subsets, unlabelled folders, errors."""
 
-from pathlib import Path
 
 import pytest
 import torch

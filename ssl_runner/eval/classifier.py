@@ -68,12 +68,6 @@ class Classifier(L.LightningModule):
             encoder.requires_grad_(False)
         self._test_correct: Dict[int, List[Tensor]] = {1: [], 5: []}
 
-    def train(self, mode: bool = True) -> "Classifier":
-        super().train(mode)
-        if self.encoder is not None and not self.train_encoder:
-            self.encoder.eval()  # a frozen encoder keeps its BatchNorm statistics
-        return self
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, labels, _ = batch
         if isinstance(x, list):  # one view made per image in the DataLoader workers
@@ -90,6 +84,9 @@ class Classifier(L.LightningModule):
             if self.train_encoder:
                 x = self.encoder(x)
             else:
+                # A frozen encoder keeps its BatchNorm statistics. Set here, not in
+                # train(): Lightning restores each submodule's mode by attribute.
+                self.encoder.eval()
                 with torch.no_grad():
                     x = self.encoder(x)
         return self.head(x)

@@ -51,10 +51,14 @@ def test_unlabelled_folder_and_per_item_decoding(tmp_path):
         load_split(data_cfg(name="imagefolder", root=str(tmp_path), in_memory=True), "train", seed=0)
 
 
-def test_missing_folder_names_the_path_and_the_variable(tmp_path):
+def test_missing_folder_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(UserError) as err:
-        load_split(data_cfg(name="imagefolder", root=str(tmp_path / "nowhere")), "train", seed=0)
+        load_split(data_cfg(name="cifar10", download=False, root=str(tmp_path / "nowhere")), "train", seed=0)
     assert "SSL_RUNNER_DATA" in str(err.value) and "nowhere" in str(err.value)
+    with pytest.raises(UserError) as err:
+        load_split(data_cfg(name="imagefolder", root=str(tmp_path / "elsewhere")), "test", seed=0)
+    assert "data.root=PATH" in str(err.value) and "elsewhere" in str(err.value)
+    assert "SSL_RUNNER_DATA" not in str(err.value)
 
 
 def test_corrupt_image_is_named(tmp_path):

@@ -164,14 +164,15 @@ def _is_image(name: str) -> bool:
 
 
 def _missing_data_error(cfg: DataConfig, split: str, reason: str) -> UserError:
+    where = f"pass data.root=PATH pointing at a folder with {split}/<class>/<images>"
+    if cfg.name != "cifar10":  # only cifar10's default root comes from the environment
+        return UserError(f"no {cfg.name} '{split}' split at {Path(cfg.root).resolve()} ({reason}). Please {where}.")
     env = os.environ.get(ENV_VAR)
     env_note = f"{ENV_VAR} is '{env}'" if env is not None else f"{ENV_VAR} is not set"
     return UserError(
-        f"no {cfg.name} '{split}' split at {Path(cfg.root).resolve()} ({reason}; {env_note}). "
-        f"Set {ENV_VAR} to the folder that holds {cfg.name}/ (for example "
-        f"{ENV_VAR}=../shared/data), or pass data.root=PATH pointing at a folder with "
-        f"{split}/<class>/<images>"
-        + (" or torchvision's cifar-10-batches-py/." if cfg.name == "cifar10" else ".")
+        f"no cifar10 '{split}' split at {Path(cfg.root).resolve()} ({reason}; {env_note}). "
+        f"Set {ENV_VAR} to the folder that holds cifar10/ (for example {ENV_VAR}=../shared/data), "
+        f"or {where} or torchvision's cifar-10-batches-py/."
     )
 
 

@@ -17,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ssl_runner.errors import EXIT_USER_ERROR, UserError
+from ssl_runner.errors import EXIT_COLLECTIVE_FAILURE, EXIT_USER_ERROR, UserError
 
 log = logging.getLogger("ssl_runner")
 
@@ -71,26 +71,48 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    from ssl_runner import distributed
     from ssl_runner.config import validate
     from ssl_runner.methods import method_schemas
     from ssl_runner.pipeline import run_pipeline
 
     quiet_lightning()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_dir = run_dir = Path(HydraConfig.get().runtime.output_dir)
+    session = None
     try:
         typed = validate(cfg, method_schemas())
+        distributed.check_plan(typed)
+        session = distributed.start(typed, run_dir)
     except UserError as err:
         print(err.paragraph(), file=sys.stderr)
         _discard_empty_run_dir(run_dir)
         sys.exit(EXIT_USER_ERROR)
+    if session is not None and session.run_dir != hydra_dir:
+        # torchrun / SLURM: this rank's Hydra made a folder of its own; all use rank 0's.
+        _discard_empty_run_dir(hydra_dir)
+        run_dir = session.run_dir
+    failed = True
     try:
         summary = run_pipeline(typed, run_dir)
+        failed = False
     except UserError as err:
-        print(err.paragraph(), file=sys.stderr)
-        _discard_empty_run_dir(run_dir)
+        if distributed.is_main_process():
+            print(err.paragraph(), file=sys.stderr)
+            _discard_empty_run_dir(run_dir)
         sys.exit(EXIT_USER_ERROR)
-    results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()}
-    log.info("run folder %s: %s", run_dir, results)
+    except Exception as err:
+        if not distributed.is_collective_failure(err):
+            raise
+        print(distributed.collective_failure_message(err), file=sys.stderr)
+        sys.exit(EXIT_COLLECTIVE_FAILURE)
+    finally:
+        problem = session.finish(failed) if session is not None else None
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(EXIT_COLLECTIVE_FAILURE)
+    if distributed.is_main_process():
+        results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()}
+        log.info("run folder %s: %s", run_dir, results)
 
 
 def main() -> None:

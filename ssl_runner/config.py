@@ -42,8 +42,12 @@ class DataConfig:
     # Class-balanced, seeded subsets (null = the whole split).
     subset: Optional[int] = None
     test_subset: Optional[int] = None
-    # Per-device batch size; the global batch is this x devices x nodes.
+    # Per-device batch size; the global batch is this x devices x nodes
+    # (x gradient accumulation steps).
     batch_size: int = 256
+    # Set the global batch instead: batch_size becomes this / (devices x
+    # nodes x accumulation), and a value that does not divide is refused.
+    global_batch_size: Optional[int] = None
     eval_batch_size: int = 512
     num_workers: int = 0
     # Decode the whole split once into a uint8 tensor (small data sets).
@@ -118,7 +122,12 @@ class TrainerConfig:
     limit_train_batches: Optional[float] = None
     log_every_n_steps: int = 50
     deterministic: bool = False
+    # BatchNorm statistics over the global batch (every BatchNorm layer of
+    # backbone and heads; torch's SyncBatchNorm on CUDA, GlobalBatchNorm on CPU).
     sync_batchnorm: bool = False
+    # A collective that waits longer than this fails the run (a dead rank
+    # must not leave the others hanging).
+    collective_timeout_s: int = 1800
     # NHWC memory layout for the backbone's convolutions.
     channels_last: bool = True
     # "auto": a rich progress bar on a terminal, plain lines otherwise.
@@ -211,6 +220,8 @@ CHOICES: Dict[str, List[str]] = {
     "optimizer.lr_scaling": ["linear", "sqrt", "none"],
     "scheduler.name": ["warmup_cosine", "constant"],
     "trainer.progress": ["auto", "rich", "plain", "none"],
+    "trainer.strategy": ["auto", "ddp"],
+    "trainer.accelerator": ["auto", "cpu", "gpu", "cuda"],
     "logger.name": ["csv", "wandb"],
     "backbone.depth": ["10", "18", "34", "50"],
 }
@@ -306,10 +317,11 @@ def _check_values(cfg: DictConfig) -> None:
             raise UserError(
                 f"unknown stage '{stage}' in pipeline.stages. Available stages: {', '.join(STAGES)}."
             )
-    for key in ("data.batch_size", "data.eval_batch_size", "trainer.max_epochs", "data.image_size"):
+    for key in ("data.batch_size", "data.eval_batch_size", "trainer.max_epochs", "data.image_size",
+                "trainer.num_nodes", "trainer.collective_timeout_s", "trainer.accumulate_grad_batches"):
         if OmegaConf.select(cfg, key) < 1:
             raise UserError(f"config key '{key}' must be at least 1.")
-    for key in ("data.subset", "data.test_subset"):
+    for key in ("data.subset", "data.test_subset", "data.global_batch_size"):
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise UserError(f"config key '{key}' must be a positive number of images or null.")

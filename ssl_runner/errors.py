@@ -20,3 +20,6 @@ class UserError(Exception):
 
     def paragraph(self, width: int = 88) -> str:
         return textwrap.fill(f"error: {self}", width=width, break_long_words=False, break_on_hyphens=False)
+
+# A multi-process run in which a rank failed or a collective timed out.
+EXIT_COLLECTIVE_FAILURE = 3

@@ -22,16 +22,19 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from ssl_runner import distributed
 from ssl_runner.config import to_plain
 from ssl_runner.data.datasets import ImageSet, load_split
 from ssl_runner.data.loaders import eval_loader, labelled_train_loader, pretrain_loader
 from ssl_runner.data.views import ViewRecipe
 from ssl_runner.encoder import LoadedEncoder, load_encoder
 from ssl_runner.errors import UserError
-from ssl_runner.eval.classifier import Classifier, extract_features
+from ssl_runner.eval.classifier import Classifier
+from ssl_runner.eval.features import extract_features
 from ssl_runner.eval.knn import knn_top1
 from ssl_runner.methods import build_method
 from ssl_runner.models.backbones import build_backbone
+from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
 from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise, write_json
 from ssl_runner.training import build_trainer, finish_loggers, log_stage_result, resume_path
 
@@ -78,11 +81,13 @@ class RunContext:
         encoder.backbone.use_channels_last(self.cfg.trainer.channels_last)
         return encoder
 
-    def features(self, stage: str, encoder: torch.nn.Module) -> Dict[str, torch.Tensor]:
-        trainer = build_trainer(self.cfg, self.run_dir, stage, max_epochs=1, checkpoint=False, log=False)
-        d = self.cfg.data
-        train_f, train_l = extract_features(trainer, encoder, eval_loader(d, self.train_images), d.mean, d.std)
-        test_f, test_l = extract_features(trainer, encoder, eval_loader(d, self.test_images), d.mean, d.std)
+    def features(self, encoder: torch.nn.Module) -> Dict[str, torch.Tensor]:
+        """Train and test features of `encoder`, computed in shards across the
+        ranks and gathered: every rank gets all of them, in data-set order."""
+        t = self.cfg.trainer
+        device = distributed.local_device(t.accelerator)
+        train_f, train_l = extract_features(encoder, self.train_images, self.cfg.data, device, t.precision)
+        test_f, test_l = extract_features(encoder, self.test_images, self.cfg.data, device, t.precision)
         return {"train": train_f, "train_labels": train_l, "test": test_f, "test_labels": test_l}
 
 
@@ -113,8 +118,10 @@ def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int
 
 def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     cfg = ctx.cfg
-    world_size = _world_size(cfg)
+    world_size = distributed.world_size()
     method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0)
+    if cfg.trainer.sync_batchnorm:
+        convert_batchnorm(method, distributed.local_device(cfg.trainer.accelerator).type)
     train = pretrain_loader(cfg.data, ctx.train_images, method.recipe, method.num_views, world_size)
     val = None
     every = cfg.monitor.knn_every_n_epochs
@@ -124,8 +131,9 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     trainer, metrics = _fit(ctx, "pretrain", method, cfg.trainer.max_epochs, train, val,
                             check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
     encoder = ctx.run_dir / "pretrain" / "encoder.pt"
-    if trainer.is_global_zero:
+    if distributed.is_main_process():
         method.export_encoder(encoder)
+    distributed.barrier()  # the next stage loads it on every rank
     result = {
         "epochs": trainer.current_epoch,
         "seconds": round(time.perf_counter() - start, 1),
@@ -134,6 +142,8 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
         "knn_monitor_top1": metrics.get("val/knn_top1"),
         "embedding_std": metrics.get("train/embedding_std"),
         "global_batch_size": cfg.data.batch_size * world_size * cfg.trainer.accumulate_grad_batches,
+        "processes": world_size,
+        "synchronised_batchnorm_layers": count_synchronised(method),
         "checkpoint": "pretrain/checkpoints/last.ckpt",
         "encoder": "pretrain/encoder.pt",
     }
@@ -141,10 +151,11 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
 
 
 def _knn(ctx: RunContext, stage: str, encoder: torch.nn.Module) -> Dict[str, Any]:
-    f = ctx.features(stage, encoder)
+    f = ctx.features(encoder)
     k = ctx.cfg.eval.knn
     top1 = knn_top1(f["train"], f["train_labels"], f["test"], f["test_labels"], ctx.num_classes, k.k, k.temperature)
-    log_stage_result(ctx.cfg, ctx.run_dir, stage, {f"{stage}/top1": top1})
+    if distributed.is_main_process():
+        log_stage_result(ctx.cfg, ctx.run_dir, stage, {f"{stage}/top1": top1})
     return {"top1": round(top1, 2), "k": k.k, "temperature": k.temperature, "train_images": len(f["train"]),
             "test_images": len(f["test"])}
 
@@ -167,23 +178,33 @@ def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[
     cfg, stage_cfg = ctx.cfg, ctx.cfg.eval[stage]
     enc = ctx.encoder()
     d = cfg.data
+    world = distributed.world_size()
     if stage_cfg.augment or train_encoder:
         # Random resized crop + flip only: the standard evaluation augmentation.
         recipe = ViewRecipe.simclr(size=d.image_size, mean=list(d.mean), std=list(d.std), jitter_p=0.0,
                                    grayscale_p=0.0)
+        if train_encoder and cfg.trainer.sync_batchnorm:
+            convert_batchnorm(enc.backbone, distributed.local_device(cfg.trainer.accelerator).type)
         module = Classifier(enc.backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=enc.backbone,
                             train_encoder=train_encoder, recipe=recipe, mean=list(d.mean), std=list(d.std))
-        train = labelled_train_loader(d, ctx.train_images, recipe, stage_cfg.batch_size)
-        test = eval_loader(d, ctx.test_images, stage_cfg.batch_size)
+        # The stage's batch size is its global batch, as on one device; each rank
+        # trains on its share of the images.
+        train = labelled_train_loader(d, ctx.train_images, recipe, stage_cfg.batch_size // world,
+                                      seed=cfg.seed, shard=world > 1)
     else:
-        f = ctx.features(stage, enc.backbone)
+        f = ctx.features(enc.backbone)
         module = Classifier(f["train"].shape[1], ctx.num_classes, stage_cfg)
-        n_train, n_test = len(f["train"]), len(f["test"])
-        train = DataLoader(TensorDataset(f["train"], f["train_labels"], torch.arange(n_train)),
-                           batch_size=stage_cfg.batch_size, shuffle=True)
-        test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(n_test)),
-                          batch_size=1024)
-    trainer, metrics = _fit(ctx, stage, module, stage_cfg.epochs, train, test=test)
+        # Every rank trains on all the cached features, in the same seeded order,
+        # so DDP averages identical gradients: the single-process result, exactly.
+        train = DataLoader(TensorDataset(f["train"], f["train_labels"], torch.arange(len(f["train"]))),
+                           batch_size=stage_cfg.batch_size, shuffle=True,
+                           generator=torch.Generator().manual_seed(cfg.seed))
+        n_test = len(f["test"])
+        test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(n_test)), batch_size=1024)
+    if stage_cfg.augment or train_encoder:
+        # Every rank scores the whole test split: no padded duplicates in the accuracy.
+        test = eval_loader(d, ctx.test_images, stage_cfg.batch_size)
+    trainer, metrics = _fit(ctx, stage, module, stage_cfg.epochs, train, test=test, use_distributed_sampler=False)
     return {
         "top1": round(float(trainer.callback_metrics["test/top1"]), 2),
         "top5": round(float(trainer.callback_metrics["test/top5"]), 2),
@@ -214,12 +235,6 @@ STAGES: Dict[str, Callable[[RunContext], Dict[str, Any]]] = {
 
 # ---- the pipeline ----------------------------------------------------------------------
 
-def _world_size(cfg: DictConfig) -> int:
-    devices = cfg.trainer.devices
-    per_node = devices if isinstance(devices, int) else (len(devices) if OmegaConf.is_list(devices) else 1)
-    return max(1, per_node) * cfg.trainer.num_nodes
-
-
 def run_facts(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     """The facts every reported figure needs: method, data, backbone, epochs,
     batch size, hardware, seed."""
@@ -233,15 +248,24 @@ def run_facts(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "test_images": cfg.data.test_subset,
         "epochs": cfg.trainer.max_epochs,
         "batch_size": cfg.data.batch_size,
-        "devices": _world_size(cfg),
+        "global_batch_size": cfg.data.batch_size * distributed.world_size() * cfg.trainer.accumulate_grad_batches,
+        "processes": distributed.world_size(),
+        "nodes": cfg.trainer.num_nodes,
         "hardware": hardware_description(cfg.trainer.accelerator),
     }
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callback]] = None) -> Dict[str, Any]:
     """Run the configured stages in `run_dir`; returns the summary it writes."""
+    main = distributed.is_main_process()
+    if distributed.world_size() > 1 and not distributed.is_initialized():
+        raise RuntimeError("a multi-process config needs its process group; start runs through "
+                           "python -m ssl_runner, torchrun or SLURM")
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.open(run_dir, to_plain(cfg))
+    # Every rank reads the manifest before rank 0 writes to it (only rank 0
+    # writes: the others keep their copy in step without saving it).
+    manifest = Manifest.open(run_dir, to_plain(cfg), writable=main)
+    distributed.barrier()
     ctx = RunContext(cfg, run_dir, manifest, list(callbacks or []))
     stages = list(cfg.pipeline.stages)
     if cfg.eval.random_baseline:
@@ -253,9 +277,17 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
             cfg.monitor.knn_every_n_epochs > 0 and ctx.train_images.has_labels
         ):
             ctx.test_images  # noqa: B018
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     facts = run_facts(cfg, run_dir)
     build_summary = partial(summarise, baselines=(BASELINE_STAGE,))
+
+    def write_summary() -> Dict[str, Any]:
+        summary = build_summary(manifest, facts)
+        if main:
+            write_json(run_dir / SUMMARY, summary)
+        return summary
+
     for stage in stages:
         if manifest.is_done(stage):
             log.info("%s: already done in %s, skipped", stage, run_dir)
@@ -267,11 +299,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
             result = STAGES[stage](ctx)
         except BaseException as err:
             manifest.fail(stage, err)
-            write_json(run_dir / SUMMARY, build_summary(manifest, facts))
+            write_summary()
             raise
         manifest.finish(stage, result)
         log.info("%s: done %s", stage, {k: v for k, v in result.items() if k in ("top1", "loss", "epochs")})
-        write_json(run_dir / SUMMARY, build_summary(manifest, facts))
-    summary = build_summary(manifest, facts)
-    write_json(run_dir / SUMMARY, summary)
-    return summary
+        write_summary()
+    return write_summary()

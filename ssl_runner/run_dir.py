@@ -55,12 +55,14 @@ def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
 class Manifest:
     """`manifest.json`: the config the folder was made with and each stage's record."""
 
-    def __init__(self, run_dir: Path, data: Dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, data: Dict[str, Any], writable: bool = True) -> None:
         self.run_dir = run_dir
         self.data = data
+        # False on every rank but 0 of a multi-process run.
+        self.writable = writable
 
     @classmethod
-    def open(cls, run_dir: Path, config: Dict[str, Any]) -> "Manifest":
+    def open(cls, run_dir: Path, config: Dict[str, Any], writable: bool = True) -> "Manifest":
         """Open the folder's manifest, or start one. A folder made with a
         different config is refused: resuming there would mix two runs."""
         path = run_dir / MANIFEST
@@ -75,11 +77,12 @@ class Manifest:
                     "changed. Choose a new folder (hydra.run.dir=...) or rerun with the original settings."
                 )
             data["config"] = config
-            return cls(run_dir, data)
-        return cls(run_dir, {"format": 1, "created": _now(), "config": config, "stages": {}})
+            return cls(run_dir, data, writable)
+        return cls(run_dir, {"format": 1, "created": _now(), "config": config, "stages": {}}, writable)
 
     def save(self) -> None:
-        write_json(self.run_dir / MANIFEST, self.data)
+        if self.writable:
+            write_json(self.run_dir / MANIFEST, self.data)
 
     def stage(self, name: str) -> Dict[str, Any]:
         return self.data["stages"].get(name, {})

@@ -157,7 +157,9 @@ def build_trainer(
         gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
-        sync_batchnorm=t.sync_batchnorm,
+        # trainer.sync_batchnorm is applied by the stages (global_batchnorm.py):
+        # Lightning's plugin would use torch's SyncBatchNorm, which refuses CPU tensors.
+        sync_batchnorm=False,
         default_root_dir=str(stage_dir),
         logger=build_loggers(cfg, run_dir, stage, stage_dir) if log else False,
         callbacks=callbacks,

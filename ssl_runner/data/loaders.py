@@ -13,7 +13,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import ImageSet, resize_center_crop
@@ -59,7 +59,7 @@ class EvalDataset(Dataset):
         return image, self.images.labels[index], index
 
 
-def _loader_kwargs(cfg: DataConfig) -> dict:
+def loader_kwargs(cfg: DataConfig) -> dict:
     kwargs: dict = {"num_workers": cfg.num_workers, "pin_memory": torch.cuda.is_available()}
     if cfg.num_workers > 0:
         kwargs["persistent_workers"] = True
@@ -84,15 +84,20 @@ def pretrain_loader(
             "Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made per image)."
         )
     dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **_loader_kwargs(cfg))
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **loader_kwargs(cfg))
 
 
 def eval_loader(cfg: DataConfig, images: ImageSet, batch_size: Optional[int] = None) -> DataLoader:
     dataset = EvalDataset(images, cfg.image_size)
-    return DataLoader(dataset, batch_size=batch_size or cfg.eval_batch_size, shuffle=False, **_loader_kwargs(cfg))
+    return DataLoader(dataset, batch_size=batch_size or cfg.eval_batch_size, shuffle=False, **loader_kwargs(cfg))
 
 
-def labelled_train_loader(cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, batch_size: int) -> DataLoader:
-    """Shuffled training images for a supervised stage, one view each."""
+def labelled_train_loader(cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, batch_size: int,
+                          seed: int = 0, shard: bool = False) -> DataLoader:
+    """Shuffled training images for a supervised stage, one view each; with
+    `shard`, this rank's share of them (a seeded DistributedSampler)."""
     dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views=1)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, **_loader_kwargs(cfg))
+    if shard:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs(cfg))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, **loader_kwargs(cfg))

@@ -1,9 +1,9 @@
-"""Supervised evaluation on a pretrained encoder: feature extraction, the linear
-probe (on cached features or on augmented images) and fine-tuning."""
+"""Supervised evaluation on a pretrained encoder: the linear probe (on cached
+features or on augmented images) and fine-tuning."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import lightning as L
 import torch
@@ -13,28 +13,6 @@ from torch import Tensor, nn
 from ssl_runner.config import ClassifierStageConfig
 from ssl_runner.data.views import ViewRecipe, eval_view
 from ssl_runner.optim import build_optimizer, build_scheduler
-
-
-class FeatureExtractor(L.LightningModule):
-    """Runs a frozen encoder over unaugmented images (`Trainer.predict`)."""
-
-    def __init__(self, encoder: nn.Module, mean: List[float], std: List[float]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.mean, self.std = list(mean), list(std)
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tuple[Tensor, Tensor]:
-        images, labels, _ = batch
-        return self.encoder(eval_view(images, self.mean, self.std)).float().cpu(), labels.cpu()
-
-
-def extract_features(trainer: L.Trainer, encoder: nn.Module, loader: Any, mean: List[float],
-                     std: List[float]) -> Tuple[Tensor, Tensor]:
-    outputs = trainer.predict(FeatureExtractor(encoder, mean, std), dataloaders=loader)
-    assert outputs is not None
-    features = torch.cat([f for f, _ in outputs])  # type: ignore[misc]
-    labels = torch.cat([lb for _, lb in outputs])  # type: ignore[misc]
-    return features, labels
 
 
 class Classifier(L.LightningModule):
@@ -95,9 +73,10 @@ class Classifier(L.LightningModule):
         x, labels = batch
         logits = self(x)
         loss = F.cross_entropy(logits, labels)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels),
+                 sync_dist=True)
         self.log("train/top1", (logits.argmax(1) == labels).float().mean() * 100, on_step=False, on_epoch=True,
-                 batch_size=len(labels))
+                 batch_size=len(labels), sync_dist=True)
         return loss
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -108,7 +87,9 @@ class Classifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         for k, correct in self._test_correct.items():
-            self.log(f"test/top{k}", torch.cat(correct).mean() * 100)
+            # Every rank scores the whole test split (see pipeline), so the
+            # ranks agree and the mean over them is that same value.
+            self.log(f"test/top{k}", torch.cat(correct).mean() * 100, sync_dist=True)
         self._test_correct = {1: [], 5: []}
 
     def configure_optimizers(self) -> Dict[str, Any]:

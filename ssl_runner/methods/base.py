@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from ssl_runner import distributed
 from ssl_runner.config import to_plain
 from ssl_runner.data.views import ViewRecipe, eval_view
 from ssl_runner.eval.knn import knn_top1
@@ -84,9 +85,7 @@ class BaseMethod(L.LightningModule):
         if cfg.monitor.online_probe and num_classes > 0:
             self.online_probe = nn.Linear(self.feature_dim, num_classes)
         self.recipe = view_recipe_from_config(cfg)
-        self._val_features: List[List[Tensor]] = [[], []]
-        self._val_labels: List[List[Tensor]] = [[], []]
-        self._val_probe_correct: List[Tensor] = []
+        self._reset_validation()
 
     # ---- what a method implements -------------------------------------------------
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
@@ -112,22 +111,34 @@ class BaseMethod(L.LightningModule):
         return eval_view(images, self.cfg.data.mean, self.cfg.data.std), labels, indices
 
     # ---- training -----------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # Every rank starts from the same seed (identical initial weights); give
+        # each its own random views from here on, or the ranks would crop and
+        # colour their different images with the same draws.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(self.cfg.seed * 1000 + self.trainer.global_rank + 1000003 * self.current_epoch)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         views, labels, indices = batch
         out = self.ssl_step(views, indices)
         batch_size = views[0].shape[0]
-        self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        # Epoch figures are means over all ranks' batches (each rank's loss is
+        # its share of the global loss, see nt_xent_loss).
+        sync = self.trainer.world_size > 1
+        self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size,
+                 sync_dist=sync)
         for name, value in out.logs.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=sync)
         total = out.loss
         if self.online_probe is not None:
             probe_loss, acc = self.online_probe_loss(out.features, labels)
             total = total + probe_loss
-            self.log("train/probe_loss", probe_loss, on_step=False, on_epoch=True, batch_size=batch_size)
-            self.log("train/probe_top1", acc, on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log("train/probe_loss", probe_loss, on_step=False, on_epoch=True, batch_size=batch_size,
+                     sync_dist=sync)
+            self.log("train/probe_top1", acc, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=sync)
         if self.cfg.monitor.collapse and out.embeddings is not None:
             self.log("train/embedding_std", collapse_std(out.embeddings), on_step=False, on_epoch=True,
-                     batch_size=batch_size)
+                     batch_size=batch_size, sync_dist=sync)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
                  batch_size=batch_size)
         return total
@@ -143,26 +154,41 @@ class BaseMethod(L.LightningModule):
         return loss, (logits.argmax(1) == labels[known]).float().mean() * 100
 
     # ---- monitors: kNN on the test split, online probe accuracy -------------------
+    def _reset_validation(self) -> None:
+        # Per loader (0: train split, 1: test split): features, labels, indices.
+        self._val: List[Dict[str, List[Tensor]]] = [{"f": [], "y": [], "i": [], "p": []} for _ in range(2)]
+
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        images, labels, _ = batch
+        images, labels, indices = batch
         features = self.backbone(images)
-        self._val_features[dataloader_idx].append(features.float())
-        self._val_labels[dataloader_idx].append(labels)
+        store = self._val[dataloader_idx]
+        store["f"].append(features.float())
+        store["y"].append(labels)
+        store["i"].append(indices)
         if dataloader_idx == 1 and self.online_probe is not None:
-            self._val_probe_correct.append((self.online_probe(features).argmax(1) == labels).float())
+            store["p"].append((self.online_probe(features).argmax(1) == labels).float())
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_features[0] and self._val_features[1]:
-            train_f, test_f = (torch.cat(f) for f in self._val_features)
-            train_l, test_l = (torch.cat(lb) for lb in self._val_labels)
-            knn = self.cfg.eval.knn
-            top1 = knn_top1(train_f, train_l, test_f, test_l, self.num_classes, knn.k, knn.temperature)
-            self.log("val/knn_top1", top1, prog_bar=True)
-        if self._val_probe_correct:
-            self.log("val/probe_top1", torch.cat(self._val_probe_correct).mean() * 100, prog_bar=True)
-        self._val_features = [[], []]
-        self._val_labels = [[], []]
-        self._val_probe_correct = []
+        # Each rank saw its share of the split (a DistributedSampler, which pads
+        # with repeats); gathered by sample index, every image counts once, as
+        # on one device.
+        stores, self._val = self._val, []
+        self._reset_validation()
+        if not (stores[0]["f"] and stores[1]["f"]):
+            return
+        gathered = []
+        for store in stores:
+            idx = torch.cat(store["i"])
+            gathered.append({k: distributed.gather_by_index(torch.cat(v), idx) for k, v in store.items() if v})
+        train, test = gathered
+        knn = self.cfg.eval.knn
+        top1 = knn_top1(train["f"], train["y"], test["f"], test["y"], self.num_classes, knn.k, knn.temperature)
+        # Equal on every rank (all hold the gathered split); sync_dist only
+        # keeps Lightning from warning.
+        sync = self.trainer.world_size > 1
+        self.log("val/knn_top1", top1, prog_bar=True, sync_dist=sync)
+        if "p" in test:
+            self.log("val/probe_top1", test["p"].mean() * 100, prog_bar=True, sync_dist=sync)
 
     # ---- optimisation -------------------------------------------------------------
     def global_batch_size(self) -> int:

@@ -1,0 +1,402 @@
+"""Multi-process runs: launching the ranks, the process group, and the
+collectives the methods and evaluation stages share.
+
+Every rank runs the whole pipeline, in lockstep, from the first stage to the
+last, so a stage that is not a Lightning `fit` (kNN, feature extraction) can
+use collectives too. How the ranks come to exist:
+
+* `python -m ssl_runner trainer=ddp_cpu` (or `trainer=ddp` on GPUs), one node:
+  the first process validates the config and starts `devices - 1` copies of
+  itself with the same overrides, `hydra.run.dir` pinned to its own run folder
+  and no `.hydra` subfolder, so all ranks share one folder.
+* `torchrun` or SLURM (one task per device): the launcher starts every rank;
+  rank 0's run folder is broadcast to the others, which discard the one Hydra
+  made for them.
+
+All ranks then join one process group with the configured collective timeout
+(`trainer.collective_timeout_s`), so a rank that dies makes the others fail
+with an error instead of waiting forever. Lightning's DDP strategy finds the
+group initialised and uses it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from ssl_runner.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Set by whatever started this process as one rank of several.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+
+
+# ---- where this process stands -------------------------------------------------------
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def local_device(accelerator: str) -> torch.device:
+    """The device this rank computes on outside Lightning (feature extraction)."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+# ---- collectives -----------------------------------------------------------------------
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 that lets gradients flow back to the producing rank.
+
+    Each rank's loss depends on every rank's slice, so the gradient of a slice
+    is the sum, over ranks, of the gradient each rank's loss sends it. With DDP
+    averaging parameter gradients, the step then equals the gradient of the
+    mean loss over the global batch, as on one device (no double counting).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Every rank's `x` concatenated in rank order (equal shapes on every
+    rank), differentiable; `x` itself on a single process."""
+    if world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Differentiable sum over ranks: the sum feeds every rank's loss, so the
+    backward pass sums the ranks' gradients of it too."""
+    if world_size() == 1:
+        return x
+    return _AllReduceSum.apply(x)
+
+
+def gather_strided(local: Tensor, total: int) -> Tensor:
+    """Reassemble a tensor computed in shards: rank r holds rows r, r+W, r+2W, ...
+    of a `total`-row result (see `shard_indices`). Returns all rows, in order,
+    on every rank."""
+    w = world_size()
+    if w == 1:
+        return local
+    per_rank = -(-total // w)
+    padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    for r, part in enumerate(parts):
+        count = len(range(r, total, w))
+        out[r::w] = part[:count]
+    return out
+
+
+def shard_indices(total: int) -> range:
+    """This rank's rows of a `total`-row job: every W-th, from its rank."""
+    return range(rank(), total, world_size())
+
+
+def gather_by_index(values: Tensor, indices: Tensor) -> Tensor:
+    """Rows that the ranks computed for sample `indices` (possibly repeated, as
+    a DistributedSampler pads), gathered and put in sample order; each sample
+    once. Equal row counts on every rank."""
+    all_v, all_i = values, indices
+    if world_size() > 1:
+        parts_v = [torch.empty_like(values) for _ in range(world_size())]
+        parts_i = [torch.empty_like(indices) for _ in range(world_size())]
+        dist.all_gather(parts_v, values.contiguous())
+        dist.all_gather(parts_i, indices.contiguous())
+        all_v, all_i = torch.cat(parts_v), torch.cat(parts_i)
+    out = torch.empty((int(all_i.max()) + 1, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    out[all_i] = all_v  # a padded duplicate writes the same row twice
+    return out
+
+
+# ---- failures -----------------------------------------------------------------------------
+
+# Raised by collectives when a peer has gone or the timeout passed: torch's
+# typed errors, and gloo's plain RuntimeErrors, recognised by their text.
+_GLOO_FAILURES = ("gloo", "Connection reset by peer", "Connection closed by peer", "Timed out", "timed out",
+                  "ProcessGroup", "NCCL")
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    if isinstance(err, dist.DistError):
+        return True
+    return is_initialized() and world_size() > 1 and isinstance(err, RuntimeError) and any(
+        marker in str(err) for marker in _GLOO_FAILURES)
+
+
+def collective_failure_message(err: BaseException) -> str:
+    return textwrap.fill(
+        f"error: rank {rank()} of {world_size()}: a collective operation failed ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:300] if str(err) else ''}). Another rank has probably died or stalled; its "
+        "own messages say why. The collectives wait at most trainer.collective_timeout_s seconds. Finished "
+        "stages are kept in the run folder, and rerunning the same command resumes the interrupted one.",
+        width=88, break_long_words=False)
+
+
+# ---- launch plan ---------------------------------------------------------------------------
+
+def devices_per_node(cfg: DictConfig) -> int:
+    devices = cfg.trainer.devices
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, int):
+        return max(1, devices)
+    if str(devices) == "auto":
+        gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        return torch.cuda.device_count() if gpu else 1
+    try:
+        return max(1, int(devices))
+    except ValueError:
+        raise UserError(f"trainer.devices is '{devices}'; give a number of devices, a list of device ids, "
+                        "or auto.") from None
+
+
+def planned_world_size(cfg: DictConfig) -> int:
+    """Processes the config asks for: devices per node x nodes."""
+    return devices_per_node(cfg) * cfg.trainer.num_nodes
+
+
+def check_plan(cfg: DictConfig) -> int:
+    """Refuse, before any process starts, what cannot run on the planned world;
+    set `data.batch_size` from `data.global_batch_size` when that is given.
+    Returns the world size."""
+    world = planned_world_size(cfg)
+    t = cfg.trainer
+    if world > 1 and t.strategy != "ddp":
+        raise UserError(
+            f"the run asks for {world} processes (trainer.devices={t.devices}, trainer.num_nodes={t.num_nodes}) "
+            f"but trainer.strategy is '{t.strategy}'. Use trainer=ddp (GPUs) or trainer=ddp_cpu (CPU processes), "
+            "or set trainer.strategy=ddp."
+        )
+    launched = os.environ.get("WORLD_SIZE")
+    if launched is not None and any(v in os.environ for v in RANK_VARIABLES) and int(launched) != world:
+        raise UserError(
+            f"the launcher started {launched} processes but the config asks for {world} "
+            f"(trainer.devices={t.devices} per node x trainer.num_nodes={t.num_nodes}). Make them agree, e.g. "
+            "torchrun --nnodes=N --nproc_per_node=G with trainer.num_nodes=N trainer.devices=G."
+        )
+    per_step = world * t.accumulate_grad_batches
+    gb = cfg.data.global_batch_size
+    if gb is not None:
+        if gb % per_step:
+            raise UserError(
+                f"data.global_batch_size={gb} does not divide across {world} process(es) x "
+                f"{t.accumulate_grad_batches} accumulation step(s) ({per_step} parts), so every device could not "
+                f"get the same batch. Choose a multiple of {per_step} (e.g. {max(per_step, gb - gb % per_step)}) or "
+                "change trainer.devices / trainer.num_nodes."
+            )
+        cfg.data.batch_size = gb // per_step
+    for stage in ("linear", "finetune"):
+        s = cfg.eval[stage]
+        images = stage == "finetune" or s.augment
+        if images and stage in cfg.pipeline.stages and s.batch_size % world:
+            raise UserError(
+                f"eval.{stage}.batch_size={s.batch_size} is the stage's global batch and does not divide across "
+                f"{world} processes. Choose a multiple of {world}."
+            )
+    return world
+
+
+# ---- starting and ending the ranks ------------------------------------------------------
+
+@dataclass
+class DistributedSession:
+    """The ranks of one run: this process's place and the workers it started."""
+
+    world_size: int
+    rank: int
+    run_dir: Path
+    workers: List[subprocess.Popen] = field(default_factory=list)
+    # Rank variables this process set for its workers, unset at the end (a
+    # multirun's next job must not look like a launched rank).
+    set_variables: List[str] = field(default_factory=list)
+
+    def finish(self, failed: bool) -> Optional[str]:
+        """Wait for the workers this process started (killing them if this rank
+        failed) and leave the process group. Returns a message when a worker
+        failed."""
+        problem = None
+        for local_rank, proc in enumerate(self.workers, start=1):
+            if failed:
+                proc.terminate()
+            try:
+                code = proc.wait(timeout=60 if failed else None)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            if code != 0 and not failed:
+                problem = (f"rank {local_rank} (process {proc.pid}) exited with status {code}; its messages are "
+                           "above. The run folder records the stages that finished.")
+        if is_initialized():
+            dist.destroy_process_group()
+        for name in self.set_variables:
+            os.environ.pop(name, None)
+        return problem
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_threads(processes: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // processes)
+
+
+def _worker_command(run_dir: Path) -> List[str]:
+    """This run's command line for another rank: the same overrides, this run's
+    folder, no `.hydra` copy and no log file of its own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = list(HydraConfig.get().overrides.task)
+    return [sys.executable, "-m", "ssl_runner", *task, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null",
+            "hydra/job_logging=ssl_runner_worker", "hydra/hydra_logging=none"]
+
+
+def start(cfg: DictConfig, run_dir: Path) -> Optional[DistributedSession]:
+    """Join (or first create) the ranks of a `strategy=ddp` run; None otherwise.
+
+    Returns this process's session; `session.run_dir` is the folder every rank
+    uses (rank 0's)."""
+    if cfg.trainer.strategy != "ddp":
+        return None
+    world = planned_world_size(cfg)
+    per_node = devices_per_node(cfg)
+    workers: List[subprocess.Popen] = []
+    set_variables: List[str] = []
+    if not any(v in os.environ for v in RANK_VARIABLES):
+        if cfg.trainer.num_nodes > 1:
+            raise UserError(
+                f"trainer.num_nodes={cfg.trainer.num_nodes}: a multi-node run is started on every node by torchrun "
+                "or SLURM, not by python -m ssl_runner alone. See the README's multi-node section."
+            )
+        variables = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
+                         NODE_RANK="0", LOCAL_RANK="0", RANK="0")
+        set_variables = [k for k in variables if k not in os.environ]
+        os.environ.update(variables)
+        threads = _cpu_threads(per_node)
+        for local_rank in range(1, per_node):
+            env = dict(os.environ, LOCAL_RANK=str(local_rank), RANK=str(local_rank), OMP_NUM_THREADS=str(threads))
+            workers.append(subprocess.Popen(_worker_command(run_dir), env=env))
+        torch.set_num_threads(threads)
+    else:
+        _adopt_cluster_environment()
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(_cpu_threads(per_node))
+    _init_process_group(cfg, world)
+    session = DistributedSession(world_size=world, rank=dist.get_rank(), run_dir=run_dir, workers=workers,
+                                 set_variables=set_variables)
+    # Under torchrun or SLURM each rank's Hydra made its own folder: use rank 0's.
+    shared = [str(run_dir)]
+    dist.broadcast_object_list(shared, src=0)
+    session.run_dir = Path(shared[0])
+    if session.rank != 0:
+        _quiet_worker_logging()
+    return session
+
+
+def _adopt_cluster_environment() -> None:
+    """Under SLURM (one task per device, as the submitit launcher starts them)
+    take rank and rendezvous address from SLURM's variables, as Lightning does;
+    torchrun sets them itself."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return
+    env = SLURMEnvironment()
+    os.environ.setdefault("MASTER_ADDR", env.main_address)
+    os.environ.setdefault("MASTER_PORT", str(env.main_port))
+    os.environ.setdefault("RANK", str(env.global_rank()))
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank()))
+
+
+def _init_process_group(cfg: DictConfig, world: int) -> None:
+    if is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    gpu = local_device(cfg.trainer.accelerator).type == "cuda"
+    kwargs: dict = {}
+    if gpu:
+        device = local_device(cfg.trainer.accelerator)
+        torch.cuda.set_device(device)
+        kwargs["device_id"] = device
+    rank_ = int(os.environ.get("RANK", 0))
+    if "MASTER_PORT" not in os.environ:
+        raise UserError("this process was started as one rank of several but MASTER_PORT is not set; launch "
+                        "with torchrun (which sets it) or export MASTER_ADDR and MASTER_PORT.")
+    dist.init_process_group("nccl" if gpu else "gloo", rank=rank_, world_size=world,
+                            timeout=datetime.timedelta(seconds=cfg.trainer.collective_timeout_s), **kwargs)
+
+
+def _quiet_worker_logging() -> None:
+    """Only rank 0 writes the run's log file and reports progress; the others
+    print warnings and errors only."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)

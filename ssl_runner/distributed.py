@@ -236,6 +236,18 @@ def check_plan(cfg: DictConfig) -> int:
             f"(trainer.devices={t.devices} per node x trainer.num_nodes={t.num_nodes}). Make them agree, e.g. "
             "torchrun --nnodes=N --nproc_per_node=G with trainer.num_nodes=N trainer.devices=G."
         )
+    slurm_tasks = os.environ.get("SLURM_NTASKS")
+    if slurm_tasks and int(slurm_tasks) > 1 and int(slurm_tasks) != world:
+        raise UserError(
+            f"SLURM started {slurm_tasks} tasks but the config asks for {world} processes "
+            f"(trainer.devices={t.devices} per node x trainer.num_nodes={t.num_nodes}). With cluster=slurm the "
+            "job's tasks come from these two keys; pass them, not SLURM options, to change the world."
+        )
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={t.accelerator} but this machine has no usable CUDA GPU. On CPUs use trainer=cpu, "
+            "or trainer=ddp_cpu for several processes."
+        )
     per_step = world * t.accumulate_grad_batches
     gb = cfg.data.global_batch_size
     if gb is not None:
@@ -327,7 +339,7 @@ def start(cfg: DictConfig, run_dir: Path) -> Optional[DistributedSession]:
     per_node = devices_per_node(cfg)
     workers: List[subprocess.Popen] = []
     set_variables: List[str] = []
-    if not any(v in os.environ for v in RANK_VARIABLES):
+    if not _launched_externally(world):
         if cfg.trainer.num_nodes > 1:
             raise UserError(
                 f"trainer.num_nodes={cfg.trainer.num_nodes}: a multi-node run is started on every node by torchrun "
@@ -356,6 +368,18 @@ def start(cfg: DictConfig, run_dir: Path) -> Optional[DistributedSession]:
     if session.rank != 0:
         _quiet_worker_logging()
     return session
+
+
+def _launched_externally(world: int) -> bool:
+    """Whether torchrun, SLURM (one task per device) or our own launcher
+    started this process as one of the ranks."""
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
+        return True
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    # An interactive allocation (salloc, srun --pty bash) holds a single task:
+    # there the ranks are still started here.
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) == world > 1
 
 
 def _adopt_cluster_environment() -> None:

@@ -220,7 +220,7 @@ def _failing_worker(rank: int, tmp: Path, how: str) -> None:
     if rank == 1:
         if how == "dies":
             os._exit(17)
-        time.sleep(25)  # stalls: alive, but never joins the collective
+        time.sleep(60)  # stalls: alive, but never joins the collective (terminated below)
         os._exit(0)
     start = time.monotonic()
     try:
@@ -244,8 +244,8 @@ def test_a_dead_or_stalled_rank_makes_the_others_fail_within_the_timeout(tmp_pat
     seconds, outcome = (tmp_path / "outcome.txt").read_text().split("\n", 1)
     # The collective timeout is 5 s: rank 0 gives up long before the stalled rank wakes.
     assert float(seconds) < 20 and outcome.startswith("recognised"), outcome
-    for p in procs:
-        p.join(timeout=60)
+    procs[1].terminate()
+    procs[1].join(timeout=60)
 
 
 # ---- checks before launch -----------------------------------------------------------------
@@ -385,3 +385,47 @@ def test_two_nodes_on_localhost_through_torchrun(tmp_path, cifar_root):
     assert (summary["processes"], summary["nodes"], summary["global_batch_size"]) == (2, 2, 256)
     assert all(summary["stages"][s]["status"] == "done" for s in ("pretrain", "knn", "linear"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two_nodes"]
+
+
+# ---- SLURM through the submitit launcher (no cluster here) ----------------------------------
+
+def test_slurm_preset_submits_one_task_per_gpu_on_every_node(tmp_path, monkeypatch):
+    """What `-m cluster=slurm` would hand to sbatch: the launcher's parameters
+    and the sbatch script submitit renders from them, captured before sbatch."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from ssl_runner.__main__ import config_dir
+
+    overrides = ["cluster=slurm", "experiment=simclr_cifar10", "trainer.num_nodes=4", "trainer.devices=8",
+                 "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=2880", f"hydra.sweep.dir={tmp_path}"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.accelerator == "gpu"
+    launcher = instantiate(cfg.hydra.launcher)
+    assert {k: launcher.params[k] for k in ("nodes", "tasks_per_node", "gpus_per_node", "timeout_min",
+                                            "partition")} == {"nodes": 4, "tasks_per_node": 8, "gpus_per_node": 8,
+                                                              "timeout_min": 2880, "partition": "gpu"}
+    captured = {}
+
+    class Submitted(Exception):
+        pass
+
+    def capture(self, delayed_submissions):
+        captured["sbatch"] = self._make_submission_file_text("python -m submitit.core._submit", "uid")
+        raise Submitted
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "_internal_process_submissions", capture)
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun is here"
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    with pytest.raises(Submitted):
+        launcher.launch([["seed=1"]], initial_job_idx=0)
+    script = captured["sbatch"]
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --time=2880", "#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=8"):
+        assert line in script, script
+    # The preset's world is what the ranks will check against SLURM_NTASKS.
+    typed = compose_config(overrides[:5])
+    assert distributed.planned_world_size(typed) == 32

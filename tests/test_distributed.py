@@ -337,18 +337,19 @@ def test_evaluation_on_two_processes_matches_one_process(ddp_smoke, cifar_root):
     assert abs(s1["linear"]["top1"] - s2["linear"]["top1"]) <= 0.2  # same data, order and seed; float noise only
 
 
-def test_a_killed_rank_ends_the_run_with_a_message_and_a_nonzero_status(tmp_path, cifar_root):
+def test_a_killed_rank_ends_the_run_with_a_message_and_the_rerun_resumes(tmp_path, cifar_root):
+    import json
     import signal
     import subprocess
 
     run_dir = tmp_path / "killed"
-    proc = _cli(["method=simclr", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=30",
-                 "trainer.collective_timeout_s=30", f"hydra.run.dir={run_dir}"], tmp_path, cifar_root.parent,
-                popen=True)
+    args = ["method=simclr", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=4",
+            "eval.random_baseline=false", "trainer.collective_timeout_s=30", f"hydra.run.dir={run_dir}"]
+    proc = _cli(args, tmp_path, cifar_root.parent, popen=True)
     ckpt = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert ckpt.exists(), "pretraining never reached its first checkpoint"
     worker = subprocess.run(["pgrep", "-f", f"hydra.run.dir={run_dir} hydra.output_subdir=null"],
                             capture_output=True, text=True).stdout.split()
@@ -357,9 +358,13 @@ def test_a_killed_rank_ends_the_run_with_a_message_and_a_nonzero_status(tmp_path
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err[-2000:]
     assert "a collective operation failed" in err and "rerunning the same command resumes" in err
-    import json
-
     assert json.loads((run_dir / "summary.json").read_text())["stages"]["pretrain"]["status"] == "failed"
+    # Nothing lost: the same command picks up from the last checkpoint.
+    again = _cli(args, tmp_path, cifar_root.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    pretrain = json.loads((run_dir / "summary.json").read_text())["stages"]["pretrain"]
+    assert pretrain["status"] == "done" and pretrain["epochs"] == 4
+    assert pretrain["resumed_from"] == "pretrain/checkpoints/last.ckpt"
 
 
 def test_two_nodes_on_localhost_through_torchrun(tmp_path, cifar_root):

@@ -434,3 +434,20 @@ def test_slurm_preset_submits_one_task_per_gpu_on_every_node(tmp_path, monkeypat
     # The preset's world is what the ranks will check against SLURM_NTASKS.
     typed = compose_config(overrides[:5])
     assert distributed.planned_world_size(typed) == 32
+
+
+def test_learning_rate_rule_uses_the_global_batch():
+    """LARS at lr 1.0 per 256 images: 128 per device on 2 devices x 2
+    accumulation steps is a global batch of 512, so lr 2.0."""
+    from types import SimpleNamespace
+
+    from ssl_runner.methods import build_method
+
+    cfg = compose_config(["experiment=smoke", "trainer=ddp_cpu", "trainer.accumulate_grad_batches=2",
+                          "optimizer.lr=1.0", "optimizer.lr_scaling=linear", "optimizer.reference_batch=256"])
+    method = build_method(cfg, 10)
+    method._trainer = SimpleNamespace(world_size=2, estimated_stepping_batches=100, max_epochs=2)
+    optimizer = method.configure_optimizers()["optimizer"]
+    assert method.global_batch_size() == 512
+    ssl_groups = [g for g in optimizer.param_groups if g.get("name") != "online_probe"]
+    assert ssl_groups and all(g["initial_lr"] == pytest.approx(2.0) for g in ssl_groups)

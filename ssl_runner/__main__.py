@@ -75,12 +75,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     from ssl_runner.config import validate
     from ssl_runner.methods import method_schemas
     from ssl_runner.pipeline import run_pipeline
+    from ssl_runner.runtime import keep_freed_memory
 
     quiet_lightning()
     hydra_dir = run_dir = Path(HydraConfig.get().runtime.output_dir)
     session = None
     try:
         typed = validate(cfg, method_schemas())
+        if typed.trainer.keep_freed_memory:
+            keep_freed_memory()
         distributed.check_plan(typed)
         session = distributed.start(typed, run_dir)
     except UserError as err:

@@ -130,6 +130,9 @@ class TrainerConfig:
     collective_timeout_s: int = 1800
     # NHWC memory layout for the backbone's convolutions.
     channels_last: bool = True
+    # Keep freed large blocks in the heap (glibc): no page faults on every
+    # new batch-sized tensor (ssl_runner/runtime.py; docs/performance.md).
+    keep_freed_memory: bool = True
     # "auto": a rich progress bar on a terminal, plain lines otherwise.
     progress: str = "auto"
 

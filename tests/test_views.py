@@ -420,3 +420,19 @@ def test_views_on_cuda_match_cpu():
     assert all(value.is_cuda for params_of in params.values() for value in params_of.values())
     on_cpu = {name: {key: value.cpu() for key, value in p.items()} for name, p in params.items()}
     assert torch.allclose(recipe.apply(images, params).cpu(), recipe.apply(images.cpu(), on_cpu), atol=1e-4)
+
+
+@pytest.mark.parametrize("height,width,size", [(32, 32, 32), (96, 96, 32), (96, 80, 64), (40, 64, 24), (32, 32, 48)])
+def test_cpu_crop_matrices_equal_roi_align(height, width, size):
+    """On a CPU the crop resamples with two matrix products; they must give
+    roi_align's result (aligned, adaptive sampling: bilinear when enlarging,
+    averaged samples when shrinking)."""
+    from torchvision.ops import roi_align
+
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, height, width)
+    crop = RandomResizedCrop(size)
+    box = crop.sample(64, height, width)["box"]
+    expected = roi_align(images, torch.cat([torch.arange(64.0)[:, None], box], 1), output_size=(size, size),
+                         spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    torch.testing.assert_close(crop.apply(images, {"box": box}), expected, atol=1e-5, rtol=0)

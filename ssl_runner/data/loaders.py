@@ -39,7 +39,7 @@ class PretrainDataset(Dataset):
         if self.recipe is None:
             return image, label, index
         batch = image.unsqueeze(0)
-        return [self.recipe(batch)[0] for _ in range(self.num_views)], label, index
+        return [view[0] for view in self.recipe.views(batch, self.num_views)], label, index
 
 
 class EvalDataset(Dataset):

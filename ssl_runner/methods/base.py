@@ -93,7 +93,7 @@ class BaseMethod(L.LightningModule):
 
     def make_views(self, images: Tensor) -> List[Tensor]:
         """The training views of a uint8 batch, made on the model's device."""
-        return [self.recipe(images) for _ in range(self.num_views)]
+        return self.recipe.views(images, self.num_views)
 
     def ssl_modules(self) -> Dict[str, nn.Module]:
         """Modules trained by the SSL loss (all but the online probe)."""

@@ -1,0 +1,31 @@
+"""Process-wide settings that make CPU work faster; applied once at start-up."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Keep large freed blocks in the heap instead of handing them back to the OS.
+
+    glibc serves blocks above its mmap threshold (128 KiB to 32 MiB, adapting)
+    with fresh mmaps and unmaps them on free, so every large tensor (a batch
+    of images, an activation) is page-faulted in anew, a few milliseconds per
+    6 MB. The views and the training step allocate such tensors every step;
+    with the blocks kept, they are reused (measured in docs/performance.md).
+    The cost: the process keeps its peak heap. Returns whether it applied
+    (glibc on Linux only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))

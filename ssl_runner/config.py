@@ -52,6 +52,11 @@ class DataConfig:
     num_workers: int = 0
     # Decode the whole split once into a uint8 tensor (small data sets).
     in_memory: bool = True
+    # Keep that tensor on disk between runs (image folders; keyed by the
+    # files' paths, sizes and times) in cache_dir, else $SSL_RUNNER_CACHE,
+    # else ~/.cache/ssl_runner. Never written beside the data.
+    decode_cache: bool = True
+    cache_dir: Optional[str] = None
     # Where the random views are made: "device" batched after transfer to the
     # model's device, "cpu" per image in the DataLoader workers.
     views_on: str = "device"
@@ -133,6 +138,9 @@ class TrainerConfig:
     # Keep freed large blocks in the heap (glibc): no page faults on every
     # new batch-sized tensor (ssl_runner/runtime.py; docs/performance.md).
     keep_freed_memory: bool = True
+    # torch.compile the backbone and heads (each module in place, so state-dict
+    # keys and exported encoders are unchanged); not the LightningModule.
+    compile: bool = False
     # "auto": a rich progress bar on a terminal, plain lines otherwise.
     progress: str = "auto"
 

@@ -122,6 +122,9 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0)
     if cfg.trainer.sync_batchnorm:
         convert_batchnorm(method, distributed.local_device(cfg.trainer.accelerator).type)
+    if cfg.trainer.compile:
+        for module in method.ssl_modules().values():
+            module.compile()
     train = pretrain_loader(cfg.data, ctx.train_images, method.recipe, method.num_views, world_size)
     val = None
     every = cfg.monitor.knn_every_n_epochs
@@ -144,6 +147,7 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
         "global_batch_size": cfg.data.batch_size * world_size * cfg.trainer.accumulate_grad_batches,
         "processes": world_size,
         "synchronised_batchnorm_layers": count_synchronised(method),
+        "seconds_to_first_step": method.seconds_to_first_step,  # of this attempt
         "checkpoint": "pretrain/checkpoints/last.ckpt",
         "encoder": "pretrain/encoder.pt",
     }

@@ -22,7 +22,8 @@ MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 # Keys that may change between a run and its resumption without changing what
 # the finished stages computed.
-RESUMABLE_CHANGES = ("pipeline", "logger", "trainer.progress", "data.num_workers", "data.root")
+RESUMABLE_CHANGES = ("pipeline", "logger", "trainer.progress", "data.num_workers", "data.root", "data.decode_cache",
+                     "data.cache_dir", "trainer.keep_freed_memory", "trainer.collective_timeout_s")
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+import time
+
+# When this module was first imported (the package imports it first thing).
+IMPORTED_AT = time.time()
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -29,3 +34,14 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+def process_age() -> float:
+    """Seconds since this process started (from /proc where there is one, else
+    since ssl_runner was imported)."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time() - IMPORTED_AT

@@ -67,3 +67,43 @@ def test_corrupt_image_is_named(tmp_path):
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     with pytest.raises(UserError, match="broken.jpg"):
         load_split(data_cfg(name="imagefolder", root=str(tmp_path)), "train", seed=0)
+
+
+def test_decoded_images_are_cached_between_runs_and_refreshed_when_a_file_changes(cifar_root, tmp_path,
+                                                                                     monkeypatch):
+    import os
+    import shutil
+
+    import ssl_runner.data.datasets as datasets
+
+    # A small copy of real CIFAR-10 test images (the cache keys on the files).
+    folder = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        (folder / "train" / cls).mkdir(parents=True)
+        for src in sorted((cifar_root / "test" / cls).iterdir())[:5]:
+            shutil.copy(src, folder / "train" / cls / src.name)
+    cfg = data_cfg(name="imagefolder", root=str(folder), cache_dir=str(tmp_path / "cache"))
+    first = load_split(cfg, "train", seed=0)
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1 and entries[0].suffix == ".pt"
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the cache holds these files")
+
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "decode_file", no_decoding)
+        again = load_split(cfg, "train", seed=0)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+
+    # A replaced file (new content and time) is a new entry, decoded afresh.
+    victim = sorted((folder / "train" / "dog").iterdir())[0]
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(victim, format="JPEG")
+    os.utime(victim, ns=(1, 1))
+    changed = load_split(cfg, "train", seed=0)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert changed.images[5].float().mean(dim=(1, 2))[0] > 200  # the red square, not the old dog
+    # Switched off, nothing is read or written.
+    shutil.rmtree(tmp_path / "cache")
+    load_split(data_cfg(name="imagefolder", root=str(folder), cache_dir=str(tmp_path / "cache"),
+                        decode_cache=False), "train", seed=0)
+    assert not (tmp_path / "cache").exists()

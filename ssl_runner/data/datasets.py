@@ -9,6 +9,7 @@ pretraining, kNN and the linear probe.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -102,11 +103,18 @@ class ImageSet:
             load_size=self.load_size,
         )
 
-    def into_memory(self) -> "ImageSet":
-        """Decode every file once into one uint8 tensor (images must share a size)."""
+    def into_memory(self, cache_dir: Optional[Path] = None) -> "ImageSet":
+        """Decode every file once into one uint8 tensor (images must share a
+        size). With `cache_dir`, the tensor is kept there between runs, keyed
+        by the files' paths, sizes and modification times."""
         if self.images is not None:
             return self
         assert self.paths is not None
+        cache = DecodeCache(cache_dir, self.paths, self.load_size) if cache_dir is not None else None
+        if cache is not None:
+            images = cache.load()
+            if images is not None:
+                return ImageSet(self.labels, self.classes, images=images, load_size=self.load_size)
         decoded = [decode_file(p, self.load_size) for p in self.paths]
         shapes = {tuple(t.shape) for t in decoded}
         if len(shapes) > 1:
@@ -116,7 +124,51 @@ class ImageSet:
                 "or data.in_memory=false data.views_on=cpu to decode per image."
             )
         images = torch.stack(decoded) if decoded else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+        if cache is not None:
+            cache.save(images)
         return ImageSet(self.labels, self.classes, images=images, load_size=self.load_size)
+
+
+class DecodeCache:
+    """Decoded images of a list of files, as one uint8 tensor in `cache_dir`.
+
+    The key hashes every path with its size and modification time (and the
+    decode size), so a changed, added or removed file makes a new entry. Files
+    are written atomically (several ranks may decode at once); an unreadable
+    entry is decoded again. Nothing is ever written beside the data.
+    """
+
+    VERSION = 1
+
+    def __init__(self, cache_dir: Path, paths: List[str], load_size: Optional[int]) -> None:
+        digest = hashlib.sha256(f"{self.VERSION}:{load_size}".encode())
+        for path in paths:
+            st = os.stat(path)
+            digest.update(f"\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        self.path = Path(cache_dir).expanduser() / f"decoded-{len(paths)}-{digest.hexdigest()[:24]}.pt"
+        self.count = len(paths)
+
+    def load(self) -> Optional[Tensor]:
+        if not self.path.is_file():
+            return None
+        try:
+            images = torch.load(self.path, weights_only=True, mmap=True)
+        except Exception as err:  # a truncated or foreign file: decode again
+            log.warning("decode cache %s unreadable (%s); decoding again", self.path, err)
+            return None
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or len(images) != self.count:
+            return None
+        log.info("decoded images from the cache %s", self.path)
+        return images
+
+    def save(self, images: Tensor) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            torch.save(images, tmp)
+            os.replace(tmp, self.path)
+        except OSError as err:  # a read-only or full cache folder only costs speed
+            log.warning("could not write the decode cache %s (%s)", self.path, err)
 
 
 def balanced_subset(labels: Tensor, size: int, seed: int) -> Tensor:
@@ -197,6 +249,14 @@ def _load_torchvision_cifar10(cfg: DataConfig, split: str, download: bool) -> Im
     return ImageSet(torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), images=images)
 
 
+def decode_cache_dir(cfg: DataConfig) -> Optional[Path]:
+    """Where decoded image folders are kept: data.cache_dir, else
+    $SSL_RUNNER_CACHE, else ~/.cache/ssl_runner; None with data.decode_cache=false."""
+    if not cfg.decode_cache:
+        return None
+    return Path(cfg.cache_dir or os.environ.get("SSL_RUNNER_CACHE") or "~/.cache/ssl_runner").expanduser()
+
+
 def load_split(cfg: DataConfig, split: str, seed: int) -> ImageSet:
     """The `split` ("train" or "test") of the configured data set, subset and
     (if `cfg.in_memory`) decoded."""
@@ -215,7 +275,7 @@ def load_split(cfg: DataConfig, split: str, seed: int) -> ImageSet:
     if subset is not None:
         images = images.select(balanced_subset(images.labels, subset, seed))
     if cfg.in_memory:
-        images = images.into_memory()
+        images = images.into_memory(decode_cache_dir(cfg))
     log.info(
         "%s %s: %d images, %d classes, %s",
         cfg.name, split, len(images), len(images.classes),

@@ -9,11 +9,11 @@ normalised on the device.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import ImageSet, resize_center_crop
@@ -42,6 +42,21 @@ class PretrainDataset(Dataset):
         return [view[0] for view in self.recipe.views(batch, self.num_views)], label, index
 
 
+class InMemoryBatches(PretrainDataset):
+    """Uint8 images already in memory, fetched a whole batch at a time: one
+    tensor index per batch instead of a Python call and a collate per image
+    (the DataLoader passes the sampler's indices to `__getitems__`)."""
+
+    def __getitems__(self, indices: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
+        assert self.images.images is not None
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images.images[idx], self.images.labels[idx], idx
+
+
+def already_collated(batch: Any) -> Any:
+    return batch
+
+
 class EvalDataset(Dataset):
     """Unaugmented uint8 images at `image_size` (a centre crop when larger)."""
 
@@ -57,6 +72,15 @@ class EvalDataset(Dataset):
         if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
             image = resize_center_crop(image, self.image_size)
         return image, self.images.labels[index], index
+
+    def __getitems__(self, indices: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
+        """A whole batch (collated here): one tensor index when the images are
+        in memory at the evaluation size."""
+        stored = self.images.images
+        if stored is not None and tuple(stored.shape[-2:]) == (self.image_size, self.image_size):
+            idx = torch.as_tensor(indices, dtype=torch.long)
+            return stored[idx], self.images.labels[idx], idx
+        return default_collate([self[i] for i in indices])
 
 
 def loader_kwargs(cfg: DataConfig) -> dict:
@@ -83,21 +107,28 @@ def pretrain_loader(
             "data.views_on=device batches whole images, but the images of this data set differ in size. "
             "Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made per image)."
         )
+    if cfg.views_on == "device" and images.images is not None:
+        return DataLoader(InMemoryBatches(images, None, num_views), batch_size=cfg.batch_size, shuffle=True,
+                          drop_last=True, collate_fn=already_collated, **loader_kwargs(cfg))
     dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **loader_kwargs(cfg))
 
 
 def eval_loader(cfg: DataConfig, images: ImageSet, batch_size: Optional[int] = None) -> DataLoader:
     dataset = EvalDataset(images, cfg.image_size)
-    return DataLoader(dataset, batch_size=batch_size or cfg.eval_batch_size, shuffle=False, **loader_kwargs(cfg))
+    return DataLoader(dataset, batch_size=batch_size or cfg.eval_batch_size, shuffle=False,
+                      collate_fn=already_collated, **loader_kwargs(cfg))
 
 
 def labelled_train_loader(cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, batch_size: int,
                           seed: int = 0, shard: bool = False) -> DataLoader:
     """Shuffled training images for a supervised stage, one view each; with
     `shard`, this rank's share of them (a seeded DistributedSampler)."""
-    dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views=1)
+    in_memory = cfg.views_on == "device" and images.images is not None
+    dataset = (InMemoryBatches(images, None, num_views=1) if in_memory
+               else PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views=1))
+    kwargs = {**loader_kwargs(cfg), **({"collate_fn": already_collated} if in_memory else {})}
     if shard:
         sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs(cfg))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, **loader_kwargs(cfg))
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, **kwargs)

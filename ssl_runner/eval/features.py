@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from ssl_runner import distributed
 from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import ImageSet
-from ssl_runner.data.loaders import EvalDataset, loader_kwargs
+from ssl_runner.data.loaders import EvalDataset, already_collated, loader_kwargs
 from ssl_runner.data.views import eval_view
 
 
@@ -28,7 +28,8 @@ def extract_features(encoder: nn.Module, images: ImageSet, data: DataConfig, dev
     """(features, labels) of every image of `images`, unaugmented, on the CPU."""
     dataset = EvalDataset(images, data.image_size)
     shard = Subset(dataset, list(distributed.shard_indices(len(dataset))))
-    loader = DataLoader(shard, batch_size=data.eval_batch_size, shuffle=False, **loader_kwargs(data))
+    loader = DataLoader(shard, batch_size=data.eval_batch_size, shuffle=False, collate_fn=already_collated,
+                        **loader_kwargs(data))
     was_training = encoder.training
     encoder.eval().to(device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16")

@@ -24,6 +24,7 @@ from ssl_runner.config import to_plain
 from ssl_runner.data.views import ViewRecipe, eval_view
 from ssl_runner.eval.knn import knn_top1
 from ssl_runner.models.backbones import build_backbone
+from ssl_runner.runtime import process_age
 from ssl_runner.optim import build_optimizer, build_scheduler, scale_lr, split_decay_groups
 
 ENCODER_FORMAT = "ssl_runner.encoder/1"
@@ -86,6 +87,7 @@ class BaseMethod(L.LightningModule):
             self.online_probe = nn.Linear(self.feature_dim, num_classes)
         self.recipe = view_recipe_from_config(cfg)
         self._reset_validation()
+        self.seconds_to_first_step: Optional[float] = None
 
     # ---- what a method implements -------------------------------------------------
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
@@ -117,6 +119,11 @@ class BaseMethod(L.LightningModule):
         # colour their different images with the same draws.
         if self.trainer.world_size > 1:
             torch.manual_seed(self.cfg.seed * 1000 + self.trainer.global_rank + 1000003 * self.current_epoch)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Start-up cost as a user feels it: process start to the first step.
+        if self.seconds_to_first_step is None:
+            self.seconds_to_first_step = round(process_age(), 2)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         views, labels, indices = batch

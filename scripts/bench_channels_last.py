@@ -20,6 +20,7 @@ from ssl_runner.config import BackboneConfig
 from ssl_runner.losses import nt_xent_loss
 from ssl_runner.models.backbones import build_backbone
 from ssl_runner.models.heads import MLPHead
+from ssl_runner.runtime import keep_freed_memory
 
 
 def step_seconds(channels_last: bool, backbone_cfg, batch: int, steps: int, size: int) -> float:
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", type=int, default=32)
     args = parser.parse_args()
+    keep_freed_memory()  # as the runner does (trainer.keep_freed_memory); both layouts alike
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         raw = compose(config_name="config", overrides=[f"backbone={args.backbone}"]).backbone
     backbone_cfg = OmegaConf.merge(OmegaConf.structured(BackboneConfig), raw)

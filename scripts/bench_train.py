@@ -1,6 +1,6 @@
 """End-to-end SimCLR pretraining throughput on this machine's CPU: ssl-runner
-against a lightly-based Lightning SimCLR, same model, batch and optimizer,
-measured in the same process.
+against a lightly-based Lightning SimCLR, same model, batch, optimizer and
+precision, each measured in a fresh process (as each is run by its users).
 
     SSL_RUNNER_DATA=../shared/data python scripts/bench_train.py [--batch 256] [--steps 4] [--warmup 2]
 
@@ -43,7 +43,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,7 +121,8 @@ def peer_throughput(data_root: Path, batch: int, workers: int, warmup: int, step
     return fit(LightlySimCLR(), loader, warmup, steps, batch, precision)
 
 
-def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precision: str) -> float:
+def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precision: str,
+                    compile_modules: bool = False) -> float:
     from hydra import compose, initialize_config_dir
 
     from ssl_runner.__main__ import config_dir
@@ -141,9 +141,31 @@ def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precis
     torch.manual_seed(0)
     method = build_method(cfg, 0)  # the same backbone and head, channels-last
     method.configure_optimizers = lambda: sgd(method.parameters())  # the peer's optimizer, exactly
+    if compile_modules:  # as trainer.compile=true does
+        for module in method.ssl_modules().values():
+            module.compile()
     images = load_split(cfg.data, "train", cfg.seed)
     loader = pretrain_loader(cfg.data, images, method.recipe, method.num_views)
     return fit(method, loader, warmup, steps, batch, precision)
+
+
+def decode_cache_seconds(data_root: Path) -> tuple[float, float]:
+    """Seconds to load CIFAR-10's 60,000 JPEGs into memory: decoding them, then
+    from the decode cache (data.decode_cache) in a temporary folder."""
+    from omegaconf import OmegaConf
+
+    from ssl_runner.config import DataConfig
+    from ssl_runner.data.datasets import load_split
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = OmegaConf.structured(DataConfig(root=str(data_root / "cifar10"), cache_dir=tmp))
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            load_split(cfg, "train", 0)
+            load_split(cfg, "test", 0)
+            times.append(time.perf_counter() - start)
+    return times[0], times[1]
 
 
 def smoke_start_up(data_root: Path) -> tuple[float, float]:
@@ -160,37 +182,62 @@ def smoke_start_up(data_root: Path) -> tuple[float, float]:
         return summary["stages"]["pretrain"]["seconds_to_first_step"], peak_kib / 1024
 
 
+def measure_in_fresh_process(args: argparse.Namespace, side: str, precision: str, workers: int = 0,
+                             compile_modules: bool = False) -> float:
+    """One side's throughput in a process of its own, so that neither side
+    inherits the other's process-wide settings (ours keeps freed memory in the
+    heap; the peer, run as its users run it, does not)."""
+    cmd = [sys.executable, __file__, "--side", side, "--precision", precision, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--peer-workers", str(workers)]
+    if compile_modules:
+        cmd.append("--compile")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peer-workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--compile", action="store_true", help="also measure ours with torch.compile")
     parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"],
                         help="Lightning precisions, each run on both sides; the first gives the ratio line")
+    parser.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)  # one measurement, internal
     args = parser.parse_args()
     data_root = Path(os.environ.get("SSL_RUNNER_DATA", "../shared/data")).resolve()
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore")
-    import logging
-
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    threads = torch.get_num_threads()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads, "
-          f"torch {torch.__version__}, batch {args.batch} (x2 views), {args.warmup} warm-up + {args.steps} "
-          "timed steps")
+    if args.side == "ours":
+        print(ours_throughput(data_root, args.batch, args.warmup, args.steps, args.precision[0], args.compile))
+        return
+    if args.side == "peer":
+        print(peer_throughput(data_root, args.batch, args.peer_workers[0], args.warmup, args.steps,
+                              args.precision[0]))
+        return
+
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+          f"threads, torch {torch.__version__}, batch {args.batch} (x2 views), {args.warmup} warm-up + "
+          f"{args.steps} timed steps, each measurement in a fresh process")
     startup, peak = smoke_start_up(data_root)
     print(f"smoke preset: first optimizer step {startup:.1f} s after process start, peak RSS {peak:.0f} MiB")
+    cold, warm = decode_cache_seconds(data_root)
+    print(f"CIFAR-10 into memory (60,000 images): decoded {cold:.1f} s, from the decode cache {warm:.2f} s")
+    if args.compile:
+        compiled = measure_in_fresh_process(args, "ours", args.precision[0], compile_modules=True)
+        print(f"[{args.precision[0]}] ssl-runner with trainer.compile=true: {compiled:7.1f} images/s")
     ratios = {}
     for precision in args.precision:
-        ours = ours_throughput(data_root, args.batch, args.warmup, args.steps, precision)
+        ours = measure_in_fresh_process(args, "ours", precision)
         print(f"[{precision}] ssl-runner:                   {ours:7.1f} images/s")
         peers = {}
         for workers in args.peer_workers:
-            torch.set_num_threads(threads)
-            peers[workers] = peer_throughput(data_root, args.batch, workers, args.warmup, args.steps, precision)
+            peers[workers] = measure_in_fresh_process(args, "peer", precision, workers)
             print(f"[{precision}] lightly, {workers} DataLoader workers: {peers[workers]:7.1f} images/s")
         ratios[precision] = ours / max(peers.values())
         print(f"[{precision}] ours / faster lightly: {ratios[precision]:.2f}")

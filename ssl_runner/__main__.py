@@ -102,6 +102,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         if distributed.is_main_process():
             print(err.paragraph(), file=sys.stderr)
             _discard_empty_run_dir(run_dir)
+        else:  # usually the same error as rank 0's, but it may be this rank's alone
+            print(f"(rank {distributed.rank()}) {err.paragraph()}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except Exception as err:
         if not distributed.is_collective_failure(err):

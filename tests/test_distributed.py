@@ -451,3 +451,31 @@ def test_learning_rate_rule_uses_the_global_batch():
     assert method.global_batch_size() == 512
     ssl_groups = [g for g in optimizer.param_groups if g.get("name") != "online_probe"]
     assert ssl_groups and all(g["initial_lr"] == pytest.approx(2.0) for g in ssl_groups)
+
+
+def _queue_worker(rank: int, tmp: Path) -> None:
+    from ssl_runner.models.momentum import KeyQueue, MemoryBank
+
+    _init(rank, tmp)
+    torch.manual_seed(0)
+    queue, bank = KeyQueue(size=8, dim=2), MemoryBank(size=6, dim=2)
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) * (rank + 1) + torch.tensor([[rank, 0.0]] * 3)
+    queue.enqueue(keys)
+    bank.update(torch.tensor([rank, 4 + rank]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]) * (rank + 1), 0.0)
+    torch.save({"keys": queue.keys, "ptr": queue.ptr, "bank": bank.bank}, tmp / f"queue{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_enqueue_the_concatenation_of_their_keys(tmp_path):
+    import torch.nn.functional as F
+
+    _spawn(_queue_worker, tmp_path)
+    expected = F.normalize(torch.cat([
+        torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) * (r + 1) + torch.tensor([[r, 0.0]] * 3) for r in range(2)
+    ]), dim=1)
+    for r in range(WORLD):
+        out = torch.load(tmp_path / f"queue{r}.pt")
+        torch.testing.assert_close(out["keys"][:6], expected)  # rank 0's keys, then rank 1's, on both ranks
+        assert int(out["ptr"]) == 6
+        # The memory bank takes both ranks' rows too (momentum 0: the new features).
+        torch.testing.assert_close(out["bank"][[0, 1, 4, 5]], torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]]))

@@ -316,7 +316,15 @@ def validate(cfg: DictConfig, method_schemas: Dict[str, type]) -> DictConfig:
     return typed
 
 
+# Method keys that, where a method has them, take one of a fixed set.
+METHOD_CHOICES: Dict[str, List[str]] = {"momentum_schedule": ["constant", "cosine"]}
+
+
 def _check_values(cfg: DictConfig) -> None:
+    for key, allowed in METHOD_CHOICES.items():
+        value = cfg.method.get(key)
+        if value is not None and str(value) not in allowed:
+            raise UserError(f"config key 'method.{key}' is '{value}', which is not one of: {', '.join(allowed)}.")
     for key, allowed in CHOICES.items():
         value = str(OmegaConf.select(cfg, key))
         if value not in allowed:

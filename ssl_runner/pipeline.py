@@ -119,7 +119,7 @@ def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int
 def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     cfg = ctx.cfg
     world_size = distributed.world_size()
-    method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0)
+    method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0, len(ctx.train_images))
     if cfg.trainer.sync_batchnorm:
         convert_batchnorm(method, distributed.local_device(cfg.trainer.accelerator).type)
     if cfg.trainer.compile:

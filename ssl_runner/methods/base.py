@@ -24,6 +24,7 @@ from ssl_runner.config import to_plain
 from ssl_runner.data.views import ViewRecipe, eval_view
 from ssl_runner.eval.knn import knn_top1
 from ssl_runner.models.backbones import build_backbone
+from ssl_runner.models.momentum import momentum_at
 from ssl_runner.runtime import process_age
 from ssl_runner.optim import build_optimizer, build_scheduler, scale_lr, split_decay_groups
 
@@ -73,12 +74,16 @@ class BaseMethod(L.LightningModule):
     """A self-supervised method over a backbone; subclasses add heads and a loss."""
 
     num_views: int = 2
+    # Submodules left out of the exported encoder (momentum copies, queues, banks).
+    not_exported: tuple = ()
 
-    def __init__(self, cfg: DictConfig, num_classes: int) -> None:
+    def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": to_plain(cfg), "num_classes": num_classes})
+        self.save_hyperparameters({"config": to_plain(cfg), "num_classes": num_classes, "num_samples": num_samples})
         self.cfg = cfg
         self.num_classes = num_classes
+        # Training images (NPID's memory bank has one row each).
+        self.num_samples = num_samples
         self.backbone = build_backbone(cfg.backbone, cfg.data.image_size).use_channels_last(
             cfg.trainer.channels_last)
         self.feature_dim = self.backbone.feature_dim
@@ -198,6 +203,18 @@ class BaseMethod(L.LightningModule):
             self.log("val/probe_top1", test["p"].mean() * 100, prog_bar=True, sync_dist=sync)
 
     # ---- optimisation -------------------------------------------------------------
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """Called after each real optimizer step (not after every batch when
+        gradients accumulate): momentum encoders update here."""
+
+    def ema_momentum(self, base: float, schedule: str) -> float:
+        """The EMA momentum at the current optimizer step (models/momentum.py)."""
+        return momentum_at(self.trainer.global_step, int(self.trainer.estimated_stepping_batches), base, schedule)
+
     def global_batch_size(self) -> int:
         return self.cfg.data.batch_size * self.trainer.world_size * self.cfg.trainer.accumulate_grad_batches
 
@@ -233,8 +250,8 @@ class BaseMethod(L.LightningModule):
     def export_encoder(self, path: Path) -> None:
         """Write the backbone (and the method's heads) as plain tensors, loadable
         with `torch.load(weights_only=True)` and strictly by `load_encoder`."""
-        heads = {k: v for k, v in self.state_dict().items()
-                 if not k.startswith("backbone.") and not k.startswith("online_probe.")}
+        skipped = ("backbone.", "online_probe.") + tuple(f"{name}." for name in self.not_exported)
+        heads = {k: v for k, v in self.state_dict().items() if not k.startswith(skipped)}
         torch.save(
             {
                 "format": ENCODER_FORMAT,

@@ -35,8 +35,8 @@ class SimCLR(BaseMethod):
 
     num_views = 2
 
-    def __init__(self, cfg: DictConfig, num_classes: int) -> None:
-        super().__init__(cfg, num_classes)
+    def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
+        super().__init__(cfg, num_classes, num_samples)
         hidden = cfg.method.proj_hidden_dim or self.feature_dim
         self.projector = MLPHead([self.feature_dim, hidden, cfg.method.proj_output_dim])
 

@@ -38,8 +38,9 @@ def constant_factor(step: int, total_steps: int, warmup_steps: int, warmup_start
 
 def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_steps: int,
                     warmup_start_ratio: float = 0.0, final_ratio: float = 0.0) -> LambdaLR:
-    """A LambdaLR applying the same factor to every param group, so each
-    group's own lr (backbone, head, online probe) is its peak."""
+    """A LambdaLR applying the same factor to every param group (but those
+    marked `fixed_lr`), so each group's own lr (backbone, head, online probe)
+    is its peak."""
     if name == "warmup_cosine":
         factor = partial(warmup_cosine_factor, total_steps=total_steps, warmup_steps=warmup_steps,
                          warmup_start_ratio=warmup_start_ratio, final_ratio=final_ratio)
@@ -48,4 +49,9 @@ def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_st
                          warmup_start_ratio=warmup_start_ratio)
     else:
         raise ValueError(f"unknown schedule '{name}'; use one of {', '.join(SCHEDULES)}")
-    return LambdaLR(optimizer, [factor] * len(optimizer.param_groups))
+    # A group marked fixed_lr keeps its lr throughout (SimSiam's predictor, Sec. 4.4).
+    return LambdaLR(optimizer, [_one if group.get("fixed_lr") else factor for group in optimizer.param_groups])
+
+
+def _one(step: int) -> float:
+    return 1.0

@@ -1,0 +1,80 @@
+"""NPID: instance discrimination with a memory bank (Wu et al., CVPR 2018)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from ssl_runner.losses import nce_loss
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput
+from ssl_runner.methods.registry import register_method
+from ssl_runner.models.momentum import MemoryBank
+
+
+@dataclass
+class NPIDConfig:
+    name: str = "npid"
+    embedding_dim: int = 128
+    # tau 0.07 (ImageNet); 0.1 on CIFAR in the official code.
+    temperature: float = 0.1
+    # Noise samples per image for NCE (Sec. 3.2: m = 4,096, for ImageNet's
+    # 1.28M images); 0: the exact non-parametric softmax over the whole bank
+    # (Eq. 2), affordable for CIFAR's 50,000.
+    noise_samples: int = 0
+    # v_i <- normalise(m v_i + (1 - m) f_i) (Sec. 3.2: 0.5).
+    bank_momentum: float = 0.5
+
+
+@register_method("npid", NPIDConfig)
+class NPID(BaseMethod):
+    """Each image is its own class: a linear map to 128-d, L2-normalised,
+    scored against a memory bank of every image's last feature with a
+    non-parametric softmax at temperature tau (Eq. 2), exactly or, with
+    `noise_samples` > 0, approximated by NCE (Eq. 5-7).
+
+    For NCE, the normaliser Z is estimated once, from the first batch, as NPID's code
+    does (Z = N x mean exp(v.f / tau) over the noise samples), and kept in the
+    checkpoint.
+    """
+
+    num_views = 1
+    not_exported = ("memory",)
+
+    def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
+        super().__init__(cfg, num_classes, num_samples)
+        if num_samples < 2:
+            raise ValueError("NPID needs the number of training images for its memory bank")
+        m = cfg.method
+        self.embed = nn.Linear(self.feature_dim, m.embedding_dim)
+        self.memory = MemoryBank(num_samples, m.embedding_dim)
+        self.register_buffer("log_normaliser", torch.tensor(float("nan")))
+
+    def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
+        m = self.cfg.method
+        h = self.backbone(views[0])
+        f = F.normalize(self.embed(h), dim=1)
+        bank = self.memory.bank
+        if m.noise_samples == 0:
+            # A copy: the bank is updated in place below, before the backward pass.
+            loss = F.cross_entropy(f @ bank.clone().T / m.temperature, indices)
+            self.memory.update(indices, f, m.bank_momentum)
+            return SSLStepOutput(loss=loss, features=h, embeddings=f)
+        noise = torch.randint(0, len(bank), (len(f), m.noise_samples), device=f.device)
+        positive_logits = (bank[indices] * f).sum(dim=1) / m.temperature
+        noise_logits = torch.einsum("nkd,nd->nk", bank[noise], f) / m.temperature
+        if torch.isnan(self.log_normaliser):
+            with torch.no_grad():
+                z = noise_logits.detach().exp().mean() * len(bank)
+                self.log_normaliser.fill_(float(torch.log(z)))
+        loss = nce_loss(positive_logits, noise_logits, float(self.log_normaliser), len(bank))
+        self.memory.update(indices, f, m.bank_momentum)
+        return SSLStepOutput(loss=loss, features=h, embeddings=f,
+                             logs={"log_normaliser": self.log_normaliser.detach().clone()})
+
+
+__all__ = ["NPID"]

@@ -122,6 +122,15 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+def all_gather_rows(x: Tensor) -> Tensor:
+    """Every rank's rows (equal shapes), concatenated in rank order; no gradient."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def all_reduce_sum(x: Tensor) -> Tensor:
     """Differentiable sum over ranks: the sum feeds every rank's loss, so the
     backward pass sums the ranks' gradients of it too."""
@@ -158,13 +167,7 @@ def gather_by_index(values: Tensor, indices: Tensor) -> Tensor:
     """Rows that the ranks computed for sample `indices` (possibly repeated, as
     a DistributedSampler pads), gathered and put in sample order; each sample
     once. Equal row counts on every rank."""
-    all_v, all_i = values, indices
-    if world_size() > 1:
-        parts_v = [torch.empty_like(values) for _ in range(world_size())]
-        parts_i = [torch.empty_like(indices) for _ in range(world_size())]
-        dist.all_gather(parts_v, values.contiguous())
-        dist.all_gather(parts_i, indices.contiguous())
-        all_v, all_i = torch.cat(parts_v), torch.cat(parts_i)
+    all_v, all_i = all_gather_rows(values), all_gather_rows(indices)
     out = torch.empty((int(all_i.max()) + 1, *values.shape[1:]), dtype=values.dtype, device=values.device)
     out[all_i] = all_v  # a padded duplicate writes the same row twice
     return out

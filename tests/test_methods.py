@@ -50,8 +50,7 @@ class Snapshot(Callback):
 @pytest.mark.parametrize("method,target", [("mocov2", "key_encoder"), ("byol", "target")])
 def test_momentum_copy_changes_only_by_the_ema_of_the_updated_online_network(cifar_root, tmp_path, method, target):
     cfg, module, loader = _setup(cifar_root, method, "method.momentum=0.9", "method.momentum_schedule=constant")
-    online = (lambda m: torch.nn.Sequential(m.backbone, m.projector))
-    snap = Snapshot(target, online)
+    snap = Snapshot(target, lambda m: torch.nn.Sequential(m.backbone, m.projector))
     _trainer(tmp_path, batches=2, callbacks=[snap]).fit(module, loader)
     assert len(snap.records) == 2
     for before, after, online_after in snap.records:

@@ -55,15 +55,6 @@ def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> floa
     raise ValueError(f"unknown momentum schedule '{schedule}' (constant or cosine)")
 
 
-def _gather(x: Tensor) -> Tensor:
-    """Every rank's rows, concatenated in rank order (no gradient)."""
-    if distributed.world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(distributed.world_size())]
-    torch.distributed.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
 class KeyQueue(nn.Module):
     """MoCo's dictionary: a FIFO of the `size` most recent keys (Sec. 3.1).
 
@@ -78,7 +69,7 @@ class KeyQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
-        keys = _gather(F.normalize(keys.detach(), dim=1))[-len(self.keys):]
+        keys = distributed.all_gather_rows(F.normalize(keys.detach(), dim=1))[-len(self.keys):]
         slots = (self.ptr + torch.arange(len(keys), device=keys.device)) % len(self.keys)
         self.keys[slots] = keys.to(self.keys.dtype)
         self.ptr.copy_((self.ptr + len(keys)) % len(self.keys))
@@ -96,6 +87,6 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, indices: Tensor, features: Tensor, momentum: float) -> None:
-        indices, features = _gather(indices), _gather(features.detach())
+        indices, features = distributed.all_gather_rows(indices), distributed.all_gather_rows(features.detach())
         mixed = momentum * self.bank[indices] + (1.0 - momentum) * features.to(self.bank.dtype)
         self.bank[indices] = F.normalize(mixed, dim=1)

@@ -211,6 +211,11 @@ class BaseMethod(L.LightningModule):
         """Called after each real optimizer step (not after every batch when
         gradients accumulate): momentum encoders update here."""
 
+    def encoder_with(self, head: nn.Module) -> nn.Module:
+        """Backbone then `head`, as one module for an EMA copy and its updates.
+        Built on demand, never assigned: the backbone stays registered once."""
+        return nn.Sequential(self.backbone, head)
+
     def ema_momentum(self, base: float, schedule: str) -> float:
         """The EMA momentum at the current optimizer step (models/momentum.py)."""
         return momentum_at(self.trainer.global_step, int(self.trainer.estimated_stepping_batches), base, schedule)

@@ -7,7 +7,7 @@ from typing import List
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_runner.losses import normalized_mse_loss
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput
@@ -42,11 +42,7 @@ class BYOL(BaseMethod):
         m = cfg.method
         self.projector = MLPHead([self.feature_dim, m.proj_hidden_dim, m.proj_output_dim])
         self.predictor = MLPHead([m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim])
-        self.target = MomentumEncoder(self._online())
-
-    def _online(self) -> nn.Module:
-        # Not an attribute: the backbone must stay registered once.
-        return nn.Sequential(self.backbone, self.projector)
+        self.target = MomentumEncoder(self.encoder_with(self.projector))
 
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
         x = torch.cat(views)
@@ -62,4 +58,4 @@ class BYOL(BaseMethod):
         return self.ema_momentum(self.cfg.method.momentum, self.cfg.method.momentum_schedule)
 
     def after_optimizer_step(self) -> None:
-        self.target.update(self._online(), self._momentum())
+        self.target.update(self.encoder_with(self.projector), self._momentum())

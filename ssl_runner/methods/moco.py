@@ -7,7 +7,7 @@ from typing import List
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_runner import distributed
 from ssl_runner.losses import info_nce_loss
@@ -52,11 +52,8 @@ class MoCo(BaseMethod):
         hidden = m.proj_hidden_dim or self.feature_dim
         dims = [self.feature_dim, hidden, m.proj_output_dim] if m.mlp_head else [self.feature_dim, m.proj_output_dim]
         self.projector = MLPHead(dims, hidden_bn=False)
-        self.key_encoder = MomentumEncoder(self._query_encoder())
+        self.key_encoder = MomentumEncoder(self.encoder_with(self.projector))
         self.queue = KeyQueue(m.queue_size, m.proj_output_dim)
-
-    def _query_encoder(self) -> nn.Module:
-        return nn.Sequential(self.backbone, self.projector)
 
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
@@ -97,7 +94,7 @@ class MoCo(BaseMethod):
         return SSLStepOutput(loss=loss, features=h, embeddings=q)
 
     def after_optimizer_step(self) -> None:
-        self.key_encoder.update(self._query_encoder(),
+        self.key_encoder.update(self.encoder_with(self.projector),
                                 self.ema_momentum(self.cfg.method.momentum, self.cfg.method.momentum_schedule))
 
 

@@ -2,6 +2,7 @@
 
     python scripts/results_table.py outputs/            # every run below outputs/
     python scripts/results_table.py RUN_DIR [RUN_DIR ...]
+    python scripts/results_table.py --methods docs/results/   # the README's methods table
 
 Accuracies are last-epoch test top-1 in percent; every row says its epochs,
 batch size, backbone, hardware and seed.
@@ -11,18 +12,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssl_runner.report import find_summaries, markdown_table
+from ssl_runner.methods.registry import METHOD_INFO
+from ssl_runner.report import find_summaries, markdown_table, methods_table
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, or folders to search for summary.json")
+    parser.add_argument("--methods", action="store_true",
+                        help="one row per registered method, with its paper's published figure")
     args = parser.parse_args()
     summaries = find_summaries(args.paths)
     if not summaries:
         print(f"no summary.json under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 1
-    print(markdown_table(summaries))
+    if args.methods:
+        import ssl_runner.methods  # noqa: F401  (registers every method)
+
+        print(methods_table(summaries, METHOD_INFO))
+    else:
+        print(markdown_table(summaries))
     return 0
 
 

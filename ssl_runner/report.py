@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Mapping
 
 COLUMNS = ("method", "backbone", "train images", "epochs", "batch", "hardware", "seed", "pretrain min",
            "kNN top-1", "random-init kNN", "kNN gain", "linear top-1", "run")
@@ -56,4 +56,30 @@ def markdown_table(summaries: Iterable[Path]) -> str:
     rows = [summary_row(json.loads(p.read_text())) for p in summaries]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "minutes", "published (CIFAR-10)")
+
+
+def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
+    """The README's methods table: every registered method (`info`: name ->
+    MethodInfo, in registry order) with the figures of its run among
+    `summaries` (kNN, gain over the random-init encoder, linear, whole-run
+    minutes) beside its paper's published number. A method with no run shows
+    dashes; two runs of one method are refused, since a table must not pick."""
+    runs: Dict[str, Dict[str, Any]] = {}
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        if summary.get("method") in runs:
+            raise ValueError(f"two runs of {summary['method']} ({runs[summary['method']]['run_dir']} and "
+                             f"{summary.get('run_dir')}); pass one folder per method")
+        runs[summary.get("method")] = summary
+    lines = ["| " + " | ".join(METHOD_COLUMNS) + " |", "|" + "---|" * len(METHOD_COLUMNS)]
+    for name, meta in info.items():
+        row = summary_row(runs[name]) if name in runs else {}
+        wall = runs.get(name, {}).get("wall_seconds")
+        cells = [f"`{name}`", meta.paper, _fmt(row.get("kNN top-1")), _fmt(row.get("kNN gain")),
+                 _fmt(row.get("linear top-1")), _fmt(None if wall is None else round(wall / 60, 1)), meta.published]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -367,6 +367,58 @@ def test_a_killed_rank_ends_the_run_with_a_message_and_the_rerun_resumes(tmp_pat
     assert pretrain["resumed_from"] == "pretrain/checkpoints/last.ckpt"
 
 
+def test_moco_queue_under_ddp_wraps_around_is_gathered_and_comes_back_on_resume(tmp_path, cifar_root):
+    """MoCo v2 on two gloo processes: each step enqueues the keys of both views
+    from both ranks (2 x 2 x 128 = 512), so after 14 steps the pointer is at
+    14 x 512 mod 4,096 = 3,072 (local keys only would leave it at 3,584).
+    A run resumed from the first epoch's checkpoint keeps that epoch's keys
+    where the second epoch has not yet overwritten them."""
+    import shutil
+
+    common = ["method=mocov2", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "pipeline=pretrain",
+              "eval.random_baseline=false", "monitor.knn_every_n_epochs=0"]
+    first = _cli([*common, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'one'}"], tmp_path, cifar_root.parent)
+    assert first.returncode == 0, first.stderr[-3000:]
+    epoch1 = tmp_path / "one" / "pretrain" / "checkpoints" / "last.ckpt"
+    resumed = tmp_path / "two" / "pretrain" / "checkpoints"
+    resumed.mkdir(parents=True)
+    shutil.copy(epoch1, resumed / "last.ckpt")
+    second = _cli([*common, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path, cifar_root.parent)
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    def state(path):
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+    before, after = state(epoch1), state(resumed / "last.ckpt")
+    # 7 steps of 512 keys: 3,584; then 7 more wrap around to 3,072.
+    assert int(before["queue.ptr"]) == 3584 and int(after["queue.ptr"]) == 3072
+    kept = slice(3072, 3584)  # written in epoch 1, not yet reached by epoch 2
+    assert torch.equal(after["queue.keys"][kept], before["queue.keys"][kept])
+    assert not torch.allclose(after["queue.keys"][:3072], before["queue.keys"][:3072])
+    # The key encoder went on from epoch 1 by EMA only: it moved, and stayed a copy of the query encoder's shape.
+    assert not torch.equal(after["key_encoder.net.0.conv1.weight"], before["key_encoder.net.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("method", ["simsiam", "byol", "npid"])
+def test_every_stateful_method_runs_the_chained_stages_on_two_processes(tmp_path, cifar_root, method):
+    """The smoke preset on two gloo processes for the other methods of issue 5
+    (MoCo has the test above): a summary of the whole chain, from two
+    processes, with evaluation scores above chance."""
+    import json
+
+    run_dir = tmp_path / method
+    proc = _cli([f"method={method}", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=1",
+                 "eval.random_baseline=false", "monitor.knn_every_n_epochs=0", f"hydra.run.dir={run_dir}"],
+                tmp_path, cifar_root.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["method"], summary["processes"], summary["global_batch_size"]) == (method, 2, 256)
+    assert summary["stages"]["pretrain"]["status"] == "done"
+    assert summary["stages"]["pretrain"]["synchronised_batchnorm_layers"] > 0
+    for stage in ("knn", "linear"):
+        assert 15.0 < summary["stages"][stage]["top1"] <= 100.0
+
+
 def test_two_nodes_on_localhost_through_torchrun(tmp_path, cifar_root):
     """The README's multi-node launch, both "nodes" on 127.0.0.1: one torchrun
     per node, one process each."""

@@ -11,7 +11,8 @@ from ssl_runner.eval.knn import knn_predict, knn_top1
 def brute_force_knn(train_f, train_l, test_f, num_classes, k, tau):
     preds = []
     for x in test_f:
-        sims = [(float(torch.nn.functional.cosine_similarity(x, t, dim=0)), int(lbl)) for t, lbl in zip(train_f, train_l)]
+        cosine = torch.nn.functional.cosine_similarity
+        sims = [(float(cosine(x, t, dim=0)), int(lbl)) for t, lbl in zip(train_f, train_l)]
         sims.sort(key=lambda s: -s[0])
         votes = [0.0] * num_classes
         for s, lbl in sims[:k]:

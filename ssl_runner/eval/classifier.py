@@ -100,6 +100,7 @@ class Classifier(L.LightningModule):
             "sgd", [{"params": params}], lr=self.stage.lr, momentum=self.stage.momentum,
             weight_decay=self.stage.weight_decay, nesterov=self.stage.nesterov,
         )
-        scheduler = build_scheduler(optimizer, "warmup_cosine", total_steps=int(self.trainer.estimated_stepping_batches),
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, "warmup_cosine", total_steps=total_steps,
                                     warmup_steps=0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,7 +3,8 @@
 Importing this package registers every method.
 """
 
-from ssl_runner.methods import byol, moco, npid, simclr, simsiam  # noqa: F401  (each registers itself)
+# In the order of the README's methods table.
+from ssl_runner.methods import simclr, moco, simsiam, byol, npid  # noqa: F401,I001  (each registers itself)
 from ssl_runner.methods.base import BaseMethod
 from ssl_runner.methods.registry import METHODS
 

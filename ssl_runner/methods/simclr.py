@@ -24,7 +24,8 @@ class SimCLRConfig:
     proj_output_dim: int = 128
 
 
-@register_method("simclr", SimCLRConfig)
+@register_method("simclr", SimCLRConfig, paper="Chen et al., ICML 2020",
+                 published="linear 91.1 (ResNet-18, 800 ep)")
 class SimCLR(BaseMethod):
     """Two views per image, encoder f, MLP head g to 128-d, NT-Xent (Sec. 2.1).
 

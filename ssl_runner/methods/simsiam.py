@@ -32,7 +32,8 @@ class SimSiamConfig:
     stop_gradient: bool = True
 
 
-@register_method("simsiam", SimSiamConfig)
+@register_method("simsiam", SimSiamConfig, paper="Chen & He, CVPR 2021",
+                 published="linear 91.8 (ResNet-18, 800 ep)")
 class SimSiam(BaseMethod):
     """Two views, a shared encoder + projector, a predictor on one side, and
     the symmetrised negative cosine against the stop-gradient of the other

@@ -78,6 +78,9 @@ class ViewsConfig:
     blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
     blur_kernel_fraction: float = 0.1
     solarize_p: float = 0.0
+    # Rotation by 90/180/270 degrees with this probability (LooC's rotation
+    # augmentation; 0 in SimCLR's family).
+    rotation_p: float = 0.0
 
 
 @dataclass
@@ -184,10 +187,24 @@ class ClassifierStageConfig:
 
 
 @dataclass
+class ProbeConfig(ClassifierStageConfig):
+    """The property probes (probe_rotation, probe_color): a linear classifier
+    on cached frozen features of every image under each transform."""
+
+    epochs: int = 30
+    lr: float = 0.5
+    # Class-balanced subsets (each image is encoded once per transform); null: all.
+    train_images: Optional[int] = 10000
+    test_images: Optional[int] = None
+
+
+@dataclass
 class EvalConfig:
     random_baseline: bool = False
     knn: KnnConfig = field(default_factory=KnnConfig)
+    # Also the settings of linear_concat (LooC++), so the two are comparable.
     linear: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     finetune: ClassifierStageConfig = field(
         default_factory=lambda: ClassifierStageConfig(
             epochs=30, lr=0.01, weight_decay=5e-4, nesterov=True, augment=True
@@ -236,7 +253,7 @@ CHOICES: Dict[str, List[str]] = {
     "logger.name": ["csv", "wandb"],
     "backbone.depth": ["10", "18", "34", "50"],
 }
-STAGES = ["pretrain", "knn", "linear", "finetune"]
+STAGES = ["pretrain", "knn", "linear", "finetune", "linear_concat", "probe_rotation", "probe_color"]
 
 
 def _explain(err: OmegaConfBaseException, schema_hint: Optional[type] = None) -> str:
@@ -325,6 +342,16 @@ def _check_values(cfg: DictConfig) -> None:
         value = cfg.method.get(key)
         if value is not None and str(value) not in allowed:
             raise UserError(f"config key 'method.{key}' is '{value}', which is not one of: {', '.join(allowed)}.")
+    augmentations = cfg.method.get("augmentations")
+    if augmentations is not None:
+        from ssl_runner.data.leave_one_out import ATOMIC_AUGMENTATIONS
+
+        names = [str(a) for a in augmentations]
+        if not names or len(set(names)) != len(names) or any(a not in ATOMIC_AUGMENTATIONS for a in names):
+            raise UserError(
+                f"config key 'method.augmentations' is {names}; it needs one or more distinct names from: "
+                f"{', '.join(ATOMIC_AUGMENTATIONS)} (e.g. method.augmentations=[color,rotation])."
+            )
     for key, allowed in CHOICES.items():
         value = str(OmegaConf.select(cfg, key))
         if value not in allowed:

@@ -10,7 +10,7 @@ random layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict
 
@@ -28,6 +28,10 @@ class LoadedEncoder:
     backbone: ResNet
     method: str
     path: str
+    # The method's exported heads (plain tensors) and its config: what a
+    # method-specific evaluation (LooC++'s concatenated heads) rebuilds.
+    heads: Dict[str, Any] = field(default_factory=dict)
+    method_config: Dict[str, Any] = field(default_factory=dict)
 
 
 def _read(path: Path) -> Dict[str, Any]:
@@ -49,13 +53,21 @@ def _read(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _backbone_weights(data: Dict[str, Any], path: Path) -> tuple[Dict[str, Any], Dict[str, Any], str, int]:
+def _parts(data: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """Backbone weights and config, method name and config, image size and the
+    method's head tensors, from either kind of file."""
     if data.get("format") == ENCODER_FORMAT:
-        return data["backbone"], data["backbone_config"], data["method"], data["image_size"]
+        return {"weights": data["backbone"], "backbone": data["backbone_config"], "method": data["method"],
+                "image_size": data["image_size"], "heads": data.get("heads", {}),
+                "method_config": data.get("method_config", {})}
     if "state_dict" in data and "hyper_parameters" in data and "config" in data["hyper_parameters"]:
         config = data["hyper_parameters"]["config"]
-        weights = {k[len("backbone."):]: v for k, v in data["state_dict"].items() if k.startswith("backbone.")}
-        return weights, config["backbone"], config["method"]["name"], config["data"]["image_size"]
+        state = data["state_dict"]
+        return {"weights": {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")},
+                "backbone": config["backbone"], "method": config["method"]["name"],
+                "image_size": config["data"]["image_size"],
+                "heads": {k: v for k, v in state.items() if not k.startswith(("backbone.", "online_probe."))},
+                "method_config": config["method"]}
     raise UserError(
         f"checkpoint {path} was not written by ssl_runner (no '{ENCODER_FORMAT}' encoder and no Lightning "
         "state_dict with an ssl_runner config). Pass a pretrain stage's encoder.pt or last.ckpt."
@@ -64,7 +76,8 @@ def _backbone_weights(data: Dict[str, Any], path: Path) -> tuple[Dict[str, Any],
 
 def load_encoder(path: str | Path) -> LoadedEncoder:
     path = Path(path)
-    weights, backbone_cfg, method, image_size = _backbone_weights(_read(path), path)
+    parts = _parts(_read(path), path)
+    weights, backbone_cfg, image_size = parts["weights"], parts["backbone"], parts["image_size"]
     typed = OmegaConf.merge(OmegaConf.structured(BackboneConfig), backbone_cfg)
     backbone = build_backbone(typed, image_size)  # type: ignore[arg-type]
     try:
@@ -75,4 +88,4 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
             f"{' '.join(str(err).split())[:600]} Loading is strict, so the file is damaged or was edited; "
             "export it again from its pretrain run."
         ) from None
-    return LoadedEncoder(backbone, method, str(path))
+    return LoadedEncoder(backbone, parts["method"], str(path), parts["heads"], parts["method_config"])

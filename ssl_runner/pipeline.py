@@ -24,15 +24,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_runner import distributed
 from ssl_runner.config import to_plain
-from ssl_runner.data.datasets import ImageSet, load_split
+from ssl_runner.data.datasets import ImageSet, balanced_subset, load_split
 from ssl_runner.data.loaders import eval_loader, labelled_train_loader, pretrain_loader
-from ssl_runner.data.views import ViewRecipe
+from ssl_runner.data.views import ViewRecipe, grayscale
 from ssl_runner.encoder import LoadedEncoder, load_encoder
 from ssl_runner.errors import UserError
 from ssl_runner.eval.classifier import Classifier
 from ssl_runner.eval.features import extract_features
 from ssl_runner.eval.knn import knn_top1
-from ssl_runner.methods import build_method
+from ssl_runner.methods import METHODS, build_method
 from ssl_runner.models.backbones import build_backbone
 from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
 from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise, write_json
@@ -184,41 +184,126 @@ def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[
     enc = ctx.encoder()
     d = cfg.data
     world = distributed.world_size()
-    if stage_cfg.augment or train_encoder:
-        # Random resized crop + flip only: the standard evaluation augmentation.
-        recipe = ViewRecipe.simclr(size=d.image_size, mean=list(d.mean), std=list(d.std), jitter_p=0.0,
-                                   grayscale_p=0.0)
-        if train_encoder and cfg.trainer.sync_batchnorm:
-            convert_batchnorm(enc.backbone, distributed.local_device(cfg.trainer.accelerator).type)
-        module = Classifier(enc.backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=enc.backbone,
-                            train_encoder=train_encoder, recipe=recipe, mean=list(d.mean), std=list(d.std))
-        # The stage's batch size is its global batch, as on one device; each rank
-        # trains on its share of the images.
-        train = labelled_train_loader(d, ctx.train_images, recipe, stage_cfg.batch_size // world,
-                                      seed=cfg.seed, shard=world > 1)
-    else:
-        f = ctx.features(enc.backbone)
-        module = Classifier(f["train"].shape[1], ctx.num_classes, stage_cfg)
-        # Every rank trains on all the cached features, in the same seeded order,
-        # so DDP averages identical gradients: the single-process result, exactly.
-        train = DataLoader(TensorDataset(f["train"], f["train_labels"], torch.arange(len(f["train"]))),
-                           batch_size=stage_cfg.batch_size, shuffle=True,
-                           generator=torch.Generator().manual_seed(cfg.seed))
-        n_test = len(f["test"])
-        test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(n_test)), batch_size=1024)
-    if stage_cfg.augment or train_encoder:
-        # Every rank scores the whole test split: no padded duplicates in the accuracy.
-        test = eval_loader(d, ctx.test_images, stage_cfg.batch_size)
+    if not (stage_cfg.augment or train_encoder):
+        return {**_linear_on_features(ctx, stage, stage_cfg, ctx.features(enc.backbone), ctx.num_classes),
+                "encoder_checkpoint": enc.path}
+    # Random resized crop + flip only: the standard evaluation augmentation.
+    recipe = ViewRecipe.simclr(size=d.image_size, mean=list(d.mean), std=list(d.std), jitter_p=0.0,
+                               grayscale_p=0.0)
+    if train_encoder and cfg.trainer.sync_batchnorm:
+        convert_batchnorm(enc.backbone, distributed.local_device(cfg.trainer.accelerator).type)
+    module = Classifier(enc.backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=enc.backbone,
+                        train_encoder=train_encoder, recipe=recipe, mean=list(d.mean), std=list(d.std))
+    # The stage's batch size is its global batch, as on one device; each rank
+    # trains on its share of the images.
+    train = labelled_train_loader(d, ctx.train_images, recipe, stage_cfg.batch_size // world,
+                                  seed=cfg.seed, shard=world > 1)
+    # Every rank scores the whole test split: no padded duplicates in the accuracy.
+    test = eval_loader(d, ctx.test_images, stage_cfg.batch_size)
     trainer, metrics = _fit(ctx, stage, module, stage_cfg.epochs, train, test=test, use_distributed_sampler=False)
+    return {**_classifier_result(trainer, metrics, stage, stage_cfg), "features": "augmented images",
+            "encoder_checkpoint": enc.path}
+
+
+def _classifier_result(trainer: L.Trainer, metrics: Dict[str, float], stage: str, stage_cfg: Any) -> Dict[str, Any]:
     return {
         "top1": round(float(trainer.callback_metrics["test/top1"]), 2),
         "top5": round(float(trainer.callback_metrics["test/top5"]), 2),
         "epochs": stage_cfg.epochs,
         "train_loss": metrics.get("train/loss"),
-        "features": "augmented images" if (stage_cfg.augment or train_encoder) else "cached, unaugmented",
         "checkpoint": f"{stage}/checkpoints/last.ckpt",
-        "encoder_checkpoint": enc.path,
     }
+
+
+def _linear_on_features(ctx: RunContext, stage: str, stage_cfg: Any, f: Dict[str, torch.Tensor],
+                        num_classes: int) -> Dict[str, Any]:
+    """A linear classifier trained on cached features `f` (train / test, with
+    labels), scored on the test features from its last epoch."""
+    module = Classifier(f["train"].shape[1], num_classes, stage_cfg)
+    # Every rank trains on all the cached features, in the same seeded order,
+    # so DDP averages identical gradients: the single-process result, exactly.
+    train = DataLoader(TensorDataset(f["train"], f["train_labels"], torch.arange(len(f["train"]))),
+                       batch_size=stage_cfg.batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(ctx.cfg.seed))
+    test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(len(f["test"]))), batch_size=1024)
+    trainer, metrics = _fit(ctx, stage, module, stage_cfg.epochs, train, test=test, use_distributed_sampler=False)
+    return {**_classifier_result(trainer, metrics, stage, stage_cfg), "features": "cached, unaugmented"}
+
+
+def stage_linear_concat(ctx: RunContext) -> Dict[str, Any]:
+    """LooC++ (Xiao et al. 2021, Sec. 4): the linear probe, with eval.linear's
+    settings, on the concatenated hidden layers of every embedding space's
+    head instead of the backbone's V."""
+    enc = ctx.encoder()
+    cls = METHODS.get(enc.method, (None,))[0]
+    concat = getattr(cls, "concat_features", None)
+    if concat is None:
+        raise UserError(
+            f"the linear_concat stage evaluates LooC's concatenated heads, but the encoder {enc.path} comes from "
+            f"method '{enc.method}', which has one representation. Remove linear_concat from pipeline.stages, or "
+            "evaluate a method=looc encoder."
+        )
+    features = concat(enc.backbone, enc.heads, OmegaConf.create(enc.method_config))
+    return {**_linear_on_features(ctx, "linear_concat", ctx.cfg.eval.linear, ctx.features(features),
+                                  ctx.num_classes),
+            "feature_dim": features.heads.hidden_dim,
+            "encoder_checkpoint": enc.path}
+
+
+class _TransformedInput(torch.nn.Module):
+    """`encoder` applied to `transform(x)`: a probe's view of the eval images."""
+
+    def __init__(self, encoder: torch.nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.encoder, self.transform = encoder, transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.transform(x))
+
+
+def _probe(ctx: RunContext, stage: str, transforms: List[Callable[[torch.Tensor], torch.Tensor]]) -> Dict[str, Any]:
+    """How much of a property the frozen features keep: every image of
+    class-balanced train / test subsets is shown once per transform, and a
+    linear classifier predicts which transform it was (its last-epoch test
+    accuracy; chance is 1 / len(transforms))."""
+    cfg, probe = ctx.cfg, ctx.cfg.eval.probe
+    enc = ctx.encoder()
+    parts: Dict[str, torch.Tensor] = {}
+    for split, images, size in (("train", ctx.train_images, probe.train_images),
+                                ("test", ctx.test_images, probe.test_images)):
+        if size is not None and size < len(images):
+            images = images.select(balanced_subset(images.labels, size, cfg.seed))
+        features = []
+        for transform in transforms:
+            f, _ = extract_features(_TransformedInput(enc.backbone, transform), images, cfg.data,
+                                    distributed.local_device(cfg.trainer.accelerator), cfg.trainer.precision)
+            features.append(f)
+        parts[split] = torch.cat(features)
+        parts[f"{split}_labels"] = torch.arange(len(transforms)).repeat_interleave(len(images))
+    result = _linear_on_features(ctx, stage, probe, parts, len(transforms))
+    return {**result, "chance": round(100 / len(transforms), 2), "train_images": len(parts["train"]) // len(transforms),
+            "test_images": len(parts["test"]) // len(transforms), "encoder_checkpoint": enc.path}
+
+
+def stage_probe_rotation(ctx: RunContext) -> Dict[str, Any]:
+    """Rotation by 0, 90, 180 or 270 degrees, from frozen features: LooC's
+    measure of the rotation information an augmentation can destroy (Table 2)."""
+    return _probe(ctx, "probe_rotation", [lambda x, k=k: torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+
+
+def stage_probe_color(ctx: RunContext) -> Dict[str, Any]:
+    """Colour or grayscale, from frozen features: the probe by which SimCLR
+    (Chen et al. 2020) showed that its head discards colour (99.3 on h, 97.4
+    on g(h)). Grayscale is computed on the unnormalised image, then
+    normalised again."""
+    mean = torch.tensor(ctx.cfg.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ctx.cfg.data.std).view(1, 3, 1, 1)
+
+    def to_gray(x: torch.Tensor) -> torch.Tensor:
+        m, s = mean.to(x.device, x.dtype), std.to(x.device, x.dtype)
+        return (grayscale(x * s + m).expand_as(x) - m) / s
+
+    return _probe(ctx, "probe_color", [lambda x: x, to_gray])
 
 
 def stage_linear(ctx: RunContext) -> Dict[str, Any]:
@@ -234,6 +319,9 @@ STAGES: Dict[str, Callable[[RunContext], Dict[str, Any]]] = {
     "knn": stage_knn,
     "linear": stage_linear,
     "finetune": stage_finetune,
+    "linear_concat": stage_linear_concat,
+    "probe_rotation": stage_probe_rotation,
+    "probe_color": stage_probe_color,
     BASELINE_STAGE: stage_knn_random_init,
 }
 
@@ -273,6 +361,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     distributed.barrier()
     ctx = RunContext(cfg, run_dir, manifest, list(callbacks or []))
     stages = list(cfg.pipeline.stages)
+    if "linear" in stages:
+        extra = getattr(METHODS.get(cfg.method.name, (None,))[0], "extra_eval_stages", ())
+        stages[stages.index("linear") + 1:stages.index("linear") + 1] = [s for s in extra if s not in stages]
     if cfg.eval.random_baseline:
         stages.append(BASELINE_STAGE)
     if not all(manifest.is_done(s) for s in stages):

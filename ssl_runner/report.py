@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 COLUMNS = ("method", "backbone", "train images", "epochs", "batch", "hardware", "seed", "pretrain min",
            "kNN top-1", "random-init kNN", "kNN gain", "linear top-1", "run")
 
@@ -52,11 +55,39 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
     }
 
 
+# Stages shown only when some run has them: column -> stage.
+OPTIONAL_COLUMNS = {"LooC++ linear": "linear_concat", "rotation probe": "probe_rotation",
+                    "colour probe": "probe_color"}
+
+
 def markdown_table(summaries: Iterable[Path]) -> str:
-    rows = [summary_row(json.loads(p.read_text())) for p in summaries]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |" for row in rows]
+    loaded = [json.loads(p.read_text()) for p in summaries]
+    extra = [c for c, stage in OPTIONAL_COLUMNS.items() if any(stage in s.get("stages", {}) for s in loaded)]
+    columns = [*COLUMNS[:-1], *extra, COLUMNS[-1]]
+    rows = []
+    for summary in loaded:
+        row = summary_row(summary)
+        row.update({c: summary["stages"].get(OPTIONAL_COLUMNS[c], {}).get("top1") for c in extra})
+        rows.append(row)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class SweepResultsTable(Callback):
+    """Hydra callback (conf/config.yaml): after a multirun, `results.md` in the
+    sweep folder tabulates every job's summary, and the table is printed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summaries = find_summaries([sweep_dir])
+        if not summaries:
+            return
+        table = markdown_table(summaries)
+        (sweep_dir / "results.md").write_text(
+            "Generated from the summary.json of each run below this folder (last-epoch test top-1, %).\n\n"
+            + table + "\n")
+        print(f"\n{table}\n\n(written to {sweep_dir / 'results.md'})")
 
 
 METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "minutes", "published (CIFAR-10)")

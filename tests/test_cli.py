@@ -156,6 +156,12 @@ def test_multirun_gives_each_job_its_own_folder_and_summary(tmp_path, data_dir):
         assert summary["stages"]["linear"]["status"] == "done"
         lrs.add(json.loads((path.parent / "manifest.json").read_text())["config"]["optimizer"]["lr"])
     assert lrs == {0.1, 0.3}
+    # The sweep's results table: one row per job, with the figures of its summary.
+    table = (tmp_path / "sweep" / "results.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| simclr |")]
+    assert len(rows) == 2 and table[2].startswith("| method | backbone |")
+    linear = sorted(f"{json.loads(p.read_text())['stages']['linear']['top1']:.2f}" for p in summaries)
+    assert sorted(row.split(" | ")[11] for row in rows) == linear
 
 
 def _wandb_log_records(path: Path):

@@ -233,6 +233,34 @@ class HorizontalFlip(Augmentation):
         return images.clone().index_copy_(0, idx, images.index_select(0, idx).flip(-1))
 
 
+class Rotation90(Augmentation):
+    """With probability p, rotate by 90, 180 or 270 degrees (counter-clockwise,
+    one of the three uniformly); square images only. Params: "quarter_turns",
+    long N in {0, 1, 2, 3} (0: not rotated). LooC's rotation augmentation
+    (Xiao et al. 2021, Sec. 4: rotation by multiples of 90 degrees)."""
+
+    name = "rotation"
+
+    def __init__(self, p: float = 0.75) -> None:
+        self.p = p
+
+    def sample(self, n: int, height: int, width: int, device: Device = None,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        turns = torch.randint(1, 4, (n,), device=device, generator=generator)
+        return {"quarter_turns": torch.where(_coin(n, self.p, device, generator), turns, 0)}
+
+    def apply(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
+        if images.shape[-1] != images.shape[-2]:
+            raise ValueError("Rotation90 needs square images (put it after the crop)")
+        turns = params["quarter_turns"].to(images.device)
+        out = images.clone()
+        for k in range(1, 4):
+            idx = (turns == k).nonzero().squeeze(1)
+            if len(idx):
+                out.index_copy_(0, idx, images.index_select(0, idx).rot90(k, dims=(-2, -1)).contiguous())
+        return out
+
+
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
     """torchvision: blend with black, x f."""
     return (images * _per_image(factor, images)).clamp(0.0, 1.0)
@@ -460,14 +488,17 @@ class ViewRecipe:
                crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
                hflip_p: float = 0.5, jitter_p: float = 0.8, jitter_strength: float = 0.5,
                grayscale_p: float = 0.2, blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
-               blur_kernel_fraction: float = 0.1, solarize_p: float = 0.0) -> ViewRecipe:
+               blur_kernel_fraction: float = 0.1, solarize_p: float = 0.0, rotation_p: float = 0.0) -> ViewRecipe:
         """SimCLR's family (Appendix A), in its order: crop, flip, colour
         jitter (strength s: brightness, contrast, saturation 0.8 s, hue
-        0.2 s), grayscale, blur, solarisation. Augmentations with probability
-        0 are left out, so they cost nothing and have no params."""
+        0.2 s), grayscale, blur, solarisation; plus LooC's rotation by
+        multiples of 90 degrees after the flip. Augmentations with
+        probability 0 are left out, so they cost nothing and have no params."""
         augmentations: list[Augmentation] = [RandomResizedCrop(size, crop_scale, crop_ratio)]
         if hflip_p > 0:
             augmentations.append(HorizontalFlip(hflip_p))
+        if rotation_p > 0:
+            augmentations.append(Rotation90(rotation_p))
         if jitter_p > 0:
             s = jitter_strength
             augmentations.append(ColorJitter(jitter_p, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s))

@@ -1,6 +1,15 @@
 """Losses: pure functions of tensors, each tested against its paper's formula."""
 
-from ssl_runner.losses.contrastive import info_nce_loss, nce_loss, negative_cosine_loss, normalized_mse_loss
+from ssl_runner.losses.contrastive import (
+    info_nce_loss,
+    leave_one_out_info_nce,
+    looc_loss,
+    looc_masks,
+    nce_loss,
+    negative_cosine_loss,
+    normalized_mse_loss,
+)
 from ssl_runner.losses.nt_xent import nt_xent_loss
 
-__all__ = ["nt_xent_loss", "info_nce_loss", "negative_cosine_loss", "normalized_mse_loss", "nce_loss"]
+__all__ = ["nt_xent_loss", "info_nce_loss", "negative_cosine_loss", "normalized_mse_loss", "nce_loss",
+           "looc_masks", "leave_one_out_info_nce", "looc_loss"]

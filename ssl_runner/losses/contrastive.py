@@ -53,3 +53,50 @@ def nce_loss(positive_logits: Tensor, noise_logits: Tensor, log_normaliser: floa
     log_h_pos = torch.log(p_pos / (p_pos + noise_mass) + eps)
     log_not_h_noise = torch.log(noise_mass / (p_noise + noise_mass) + eps)
     return -(log_h_pos + log_not_h_noise.sum(dim=1)).mean()
+
+
+def looc_masks(num_augmentations: int) -> tuple[Tensor, Tensor]:
+    """Which of an image's keys k0..kn are positives and which negatives for
+    its query, per embedding space (LooC, Xiao et al. 2021, Sec. 3.2): row 0
+    is the all-invariant space Z0, where every key is a positive; row i is
+    Zi, where only ki (the key sharing q's augmentation i) is a positive and
+    the image's other keys are negatives. Both (n + 1) x (n + 1) bool."""
+    size = num_augmentations + 1
+    positive = torch.eye(size, dtype=torch.bool)
+    positive[0] = True
+    negative = ~positive
+    negative[0] = False
+    return positive, negative
+
+
+def leave_one_out_info_nce(q: Tensor, image_keys: Tensor, queue: Tensor, positive: Tensor, negative: Tensor,
+                           temperature: float) -> Tensor:
+    """InfoNCE in one LooC space, one term per positive key: for a positive
+    key k+ of the image, -log exp(q.k+/t) / (exp(q.k+/t) + sum over the
+    image's negative keys and the queue of exp(q.k/t)), averaged over the
+    positives and the batch. Other positives are not in the denominator (each
+    positive pair is its own InfoNCE, as MoCo's Eq. 1 per key).
+
+    `q` N x d, `image_keys` N x M x d (the image's keys k0..kn in this
+    space), `queue` K x d, `positive` / `negative` M bools. With one positive
+    and no image negatives this is `info_nce_loss`.
+    """
+    q = F.normalize(q, dim=1)
+    own = torch.einsum("nd,nmd->nm", q, F.normalize(image_keys.detach(), dim=2)) / temperature
+    others = q @ F.normalize(queue.detach(), dim=1).T / temperature
+    negatives = torch.cat([own[:, negative.to(own.device)], others], dim=1)
+    negative_lse = torch.logsumexp(negatives, dim=1, keepdim=True)
+    positives = own[:, positive.to(own.device)]
+    return (torch.logaddexp(positives, negative_lse) - positives).mean()
+
+
+def looc_loss(queries: list[Tensor], keys: list[Tensor], queues: list[Tensor], temperature: float) -> Tensor:
+    """LooC's objective: the mean over the n + 1 spaces of each space's
+    leave-one-out InfoNCE. `queries[s]` N x d (q in space s), `keys[s]`
+    N x (n + 1) x d (k0..kn in space s), `queues[s]` K x d. The paper sums
+    the spaces' losses without saying how they are weighted (Sec. 3.2); we
+    average them, so the loss's scale does not grow with n."""
+    positive, negative = looc_masks(len(queries) - 1)
+    terms = [leave_one_out_info_nce(q, k, queue, positive[s], negative[s], temperature)
+             for s, (q, k, queue) in enumerate(zip(queries, keys, queues))]
+    return torch.stack(terms).mean()

@@ -44,10 +44,11 @@ class SSLStepOutput:
     logs: Dict[str, Tensor] = field(default_factory=dict)
 
 
-def view_recipe_from_config(cfg: DictConfig) -> ViewRecipe:
-    """The training views that `cfg.views` describes, at `cfg.data.image_size`."""
+def view_recipe_from_config(cfg: DictConfig, **overrides: Any) -> ViewRecipe:
+    """The training views that `cfg.views` describes, at `cfg.data.image_size`
+    (`overrides`: keyword arguments of `ViewRecipe.simclr` to replace)."""
     v = cfg.views
-    return ViewRecipe.simclr(
+    return ViewRecipe.simclr(**{**dict(
         size=cfg.data.image_size,
         mean=list(cfg.data.mean),
         std=list(cfg.data.std),
@@ -61,7 +62,8 @@ def view_recipe_from_config(cfg: DictConfig) -> ViewRecipe:
         blur_sigma=tuple(v.blur_sigma),
         blur_kernel_fraction=v.blur_kernel_fraction,
         solarize_p=v.solarize_p,
-    )
+        rotation_p=v.rotation_p,
+    ), **overrides})
 
 
 def collapse_std(embeddings: Tensor) -> Tensor:
@@ -76,6 +78,9 @@ class BaseMethod(L.LightningModule):
     num_views: int = 2
     # Submodules left out of the exported encoder (momentum copies, queues, banks).
     not_exported: tuple = ()
+    # Evaluation stages this method adds after `linear` when the pipeline has
+    # one and does not list them (LooC: its LooC++ probe and the rotation probe).
+    extra_eval_stages: tuple = ()
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__()
@@ -261,6 +266,7 @@ class BaseMethod(L.LightningModule):
             {
                 "format": ENCODER_FORMAT,
                 "method": self.cfg.method.name,
+                "method_config": to_plain(self.cfg.method),
                 "backbone_config": to_plain(self.cfg.backbone),
                 "image_size": int(self.cfg.data.image_size),
                 "backbone": {k: v.detach().cpu() for k, v in self.backbone.state_dict().items()},

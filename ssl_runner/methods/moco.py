@@ -9,12 +9,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ssl_runner import distributed
 from ssl_runner.losses import info_nce_loss
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.heads import MLPHead
-from ssl_runner.models.momentum import KeyQueue, MomentumEncoder
+from ssl_runner.models.momentum import KeyQueue, MomentumEncoder, shuffled_bn_keys
 
 
 @dataclass
@@ -56,25 +55,8 @@ class MoCo(BaseMethod):
         self.key_encoder = MomentumEncoder(self.encoder_with(self.projector))
         self.queue = KeyQueue(m.queue_size, m.proj_output_dim)
 
-    @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
-        """Keys of `x` with shuffled BatchNorm groups (see MoCoConfig)."""
-        n = len(x)
-        if distributed.world_size() > 1:
-            rank, world = distributed.rank(), distributed.world_size()
-            everything = distributed.gather_with_grad(x)
-            perm = torch.randperm(len(everything), device=x.device)
-            torch.distributed.broadcast(perm, src=0)
-            local = self.key_encoder(everything[perm[rank * n:(rank + 1) * n]])
-            keys = torch.empty(world * n, local.shape[1], device=x.device, dtype=local.dtype)
-            keys[perm] = distributed.gather_with_grad(local)
-            return keys[rank * n:(rank + 1) * n]
-        perm = torch.randperm(n, device=x.device)
-        splits = max(1, min(self.cfg.method.shuffle_bn_splits, n // 2))
-        encoded = torch.cat([self.key_encoder(chunk) for chunk in x[perm].chunk(splits)])
-        keys = torch.empty_like(encoded)
-        keys[perm] = encoded
-        return keys
+        return shuffled_bn_keys(self.key_encoder, x, self.cfg.method.shuffle_bn_splits)
 
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
         m = self.cfg.method

@@ -43,6 +43,31 @@ class MomentumEncoder(nn.Module):
             return self.net(x)
 
 
+@torch.no_grad()
+def shuffled_bn_keys(key_encoder: nn.Module, x: Tensor, splits: int) -> Tensor:
+    """Keys of `x` under Shuffling BN (MoCo, Sec. 3.3), so that BatchNorm
+    statistics cannot pair a query with its key: with several processes the
+    global batch is shuffled across ranks before encoding and unshuffled
+    after; on one device it is shuffled and encoded in `splits` separately
+    normalised groups (the CIFAR demo's SplitBatchNorm, 8 groups)."""
+    n = len(x)
+    if distributed.world_size() > 1:
+        rank, world = distributed.rank(), distributed.world_size()
+        everything = distributed.gather_with_grad(x)
+        perm = torch.randperm(len(everything), device=x.device)
+        torch.distributed.broadcast(perm, src=0)
+        local = key_encoder(everything[perm[rank * n:(rank + 1) * n]])
+        keys = torch.empty(world * n, local.shape[1], device=x.device, dtype=local.dtype)
+        keys[perm] = distributed.gather_with_grad(local)
+        return keys[rank * n:(rank + 1) * n]
+    perm = torch.randperm(n, device=x.device)
+    groups = max(1, min(splits, n // 2))
+    encoded = torch.cat([key_encoder(chunk) for chunk in x[perm].chunk(groups)])
+    keys = torch.empty_like(encoded)
+    keys[perm] = encoded
+    return keys
+
+
 def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> float:
     """The EMA momentum at optimizer step `step`: constant (MoCo), or BYOL's
     cosine increase from `base` to 1 over training (Sec. 3.2):

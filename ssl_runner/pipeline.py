@@ -42,6 +42,10 @@ from ssl_runner.training import build_trainer, finish_loggers, log_stage_result,
 log = logging.getLogger(__name__)
 
 BASELINE_STAGE = "knn_random_init"
+# With eval.random_baseline, each property probe in the pipeline is also run on
+# the random-init encoder: the floor that says whether pretraining kept or
+# destroyed the property.
+PROBE_BASELINES = {"probe_rotation": "probe_rotation_random_init", "probe_color": "probe_color_random_init"}
 
 
 @dataclass
@@ -170,13 +174,17 @@ def stage_knn(ctx: RunContext) -> Dict[str, Any]:
     return {**_knn(ctx, "knn", enc.backbone), "checkpoint": enc.path, "encoder_method": enc.method}
 
 
+def _random_init_backbone(ctx: RunContext) -> torch.nn.Module:
+    """An untrained encoder of the configured architecture, seeded by `seed`."""
+    L.seed_everything(ctx.cfg.seed, verbose=False)
+    return build_backbone(ctx.cfg.backbone, ctx.cfg.data.image_size).use_channels_last(
+        ctx.cfg.trainer.channels_last)
+
+
 def stage_knn_random_init(ctx: RunContext) -> Dict[str, Any]:
     """kNN on an untrained encoder of the same architecture: the floor that
     pretraining must beat."""
-    L.seed_everything(ctx.cfg.seed, verbose=False)
-    backbone = build_backbone(ctx.cfg.backbone, ctx.cfg.data.image_size).use_channels_last(
-        ctx.cfg.trainer.channels_last)
-    return _knn(ctx, BASELINE_STAGE, backbone)
+    return _knn(ctx, BASELINE_STAGE, _random_init_backbone(ctx))
 
 
 def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[str, Any]:
@@ -265,9 +273,13 @@ def _probe(ctx: RunContext, stage: str, transforms: List[Callable[[torch.Tensor]
     """How much of a property the frozen features keep: every image of
     class-balanced train / test subsets is shown once per transform, and a
     linear classifier predicts which transform it was (its last-epoch test
-    accuracy; chance is 1 / len(transforms))."""
+    accuracy; chance is 1 / len(transforms)). A `*_random_init` stage probes
+    the untrained encoder instead."""
     cfg, probe = ctx.cfg, ctx.cfg.eval.probe
-    enc = ctx.encoder()
+    if stage.endswith("_random_init"):
+        enc = LoadedEncoder(_random_init_backbone(ctx), "random_init", "random initialisation")
+    else:
+        enc = ctx.encoder()
     parts: Dict[str, torch.Tensor] = {}
     for split, images, size in (("train", ctx.train_images, probe.train_images),
                                 ("test", ctx.test_images, probe.test_images)):
@@ -285,13 +297,13 @@ def _probe(ctx: RunContext, stage: str, transforms: List[Callable[[torch.Tensor]
             "test_images": len(parts["test"]) // len(transforms), "encoder_checkpoint": enc.path}
 
 
-def stage_probe_rotation(ctx: RunContext) -> Dict[str, Any]:
+def stage_probe_rotation(ctx: RunContext, stage: str = "probe_rotation") -> Dict[str, Any]:
     """Rotation by 0, 90, 180 or 270 degrees, from frozen features: LooC's
     measure of the rotation information an augmentation can destroy (Table 2)."""
-    return _probe(ctx, "probe_rotation", [lambda x, k=k: torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+    return _probe(ctx, stage, [lambda x, k=k: torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
 
 
-def stage_probe_color(ctx: RunContext) -> Dict[str, Any]:
+def stage_probe_color(ctx: RunContext, stage: str = "probe_color") -> Dict[str, Any]:
     """Colour or grayscale, from frozen features: the probe by which SimCLR
     (Chen et al. 2020) showed that its head discards colour (99.3 on h, 97.4
     on g(h)). Grayscale is computed on the unnormalised image, then
@@ -303,7 +315,7 @@ def stage_probe_color(ctx: RunContext) -> Dict[str, Any]:
         m, s = mean.to(x.device, x.dtype), std.to(x.device, x.dtype)
         return (grayscale(x * s + m).expand_as(x) - m) / s
 
-    return _probe(ctx, "probe_color", [lambda x: x, to_gray])
+    return _probe(ctx, stage, [lambda x: x, to_gray])
 
 
 def stage_linear(ctx: RunContext) -> Dict[str, Any]:
@@ -323,6 +335,8 @@ STAGES: Dict[str, Callable[[RunContext], Dict[str, Any]]] = {
     "probe_rotation": stage_probe_rotation,
     "probe_color": stage_probe_color,
     BASELINE_STAGE: stage_knn_random_init,
+    PROBE_BASELINES["probe_rotation"]: partial(stage_probe_rotation, stage=PROBE_BASELINES["probe_rotation"]),
+    PROBE_BASELINES["probe_color"]: partial(stage_probe_color, stage=PROBE_BASELINES["probe_color"]),
 }
 
 
@@ -365,7 +379,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         extra = getattr(METHODS.get(cfg.method.name, (None,))[0], "extra_eval_stages", ())
         stages[stages.index("linear") + 1:stages.index("linear") + 1] = [s for s in extra if s not in stages]
     if cfg.eval.random_baseline:
-        stages.append(BASELINE_STAGE)
+        stages += [BASELINE_STAGE] + [PROBE_BASELINES[s] for s in stages if s in PROBE_BASELINES]
     if not all(manifest.is_done(s) for s in stages):
         # Missing or unreadable data fails here, before any stage is recorded.
         ctx.train_images  # noqa: B018
@@ -376,7 +390,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     if main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     facts = run_facts(cfg, run_dir)
-    build_summary = partial(summarise, baselines=(BASELINE_STAGE,))
+    build_summary = partial(summarise, baselines=(BASELINE_STAGE, *PROBE_BASELINES.values()))
 
     def write_summary() -> Dict[str, Any]:
         # Wall clock of this process so far, start-up included (a resumed run

@@ -55,19 +55,29 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
     }
 
 
-# Stages shown only when some run has them: column -> stage.
-OPTIONAL_COLUMNS = {"LooC++ linear": "linear_concat", "rotation probe": "probe_rotation",
-                    "colour probe": "probe_color"}
+# Figures shown only when some run has them: column -> (summary section, stage).
+OPTIONAL_COLUMNS = {
+    "LooC++ linear": ("stages", "linear_concat"),
+    "rotation probe": ("stages", "probe_rotation"),
+    "random-init rotation probe": ("baseline", "probe_rotation_random_init"),
+    "colour probe": ("stages", "probe_color"),
+    "random-init colour probe": ("baseline", "probe_color_random_init"),
+}
+
+
+def _optional(summary: Dict[str, Any], column: str) -> Any:
+    section, stage = OPTIONAL_COLUMNS[column]
+    return summary.get(section, {}).get(stage, {}).get("top1")
 
 
 def markdown_table(summaries: Iterable[Path]) -> str:
     loaded = [json.loads(p.read_text()) for p in summaries]
-    extra = [c for c, stage in OPTIONAL_COLUMNS.items() if any(stage in s.get("stages", {}) for s in loaded)]
+    extra = [c for c in OPTIONAL_COLUMNS if any(_optional(s, c) is not None for s in loaded)]
     columns = [*COLUMNS[:-1], *extra, COLUMNS[-1]]
     rows = []
     for summary in loaded:
         row = summary_row(summary)
-        row.update({c: summary["stages"].get(OPTIONAL_COLUMNS[c], {}).get("top1") for c in extra})
+        row.update({c: _optional(summary, c) for c in extra})
         rows.append(row)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]

@@ -75,8 +75,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     from ssl_runner.config import validate
     from ssl_runner.methods import method_schemas
     from ssl_runner.pipeline import run_pipeline
-    from ssl_runner.runtime import keep_freed_memory
+    from ssl_runner.runtime import keep_freed_memory, start_job
 
+    start_job()
     quiet_lightning()
     hydra_dir = run_dir = Path(HydraConfig.get().runtime.output_dir)
     session = None

@@ -36,7 +36,7 @@ from ssl_runner.methods import METHODS, build_method
 from ssl_runner.models.backbones import build_backbone
 from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
 from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise, write_json
-from ssl_runner.runtime import process_age
+from ssl_runner.runtime import job_age
 from ssl_runner.training import build_trainer, finish_loggers, log_stage_result, resume_path
 
 log = logging.getLogger(__name__)
@@ -393,9 +393,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     build_summary = partial(summarise, baselines=(BASELINE_STAGE, *PROBE_BASELINES.values()))
 
     def write_summary() -> Dict[str, Any]:
-        # Wall clock of this process so far, start-up included (a resumed run
-        # counts its last process only).
-        summary = {**build_summary(manifest, facts), "wall_seconds": round(process_age(), 1)}
+        # Wall clock of this job so far, start-up included (a resumed run counts
+        # its last attempt only; a multirun job from its own start).
+        summary = {**build_summary(manifest, facts), "wall_seconds": round(job_age(), 1)}
         if main:
             write_json(run_dir / SUMMARY, summary)
         return summary

@@ -45,3 +45,21 @@ def process_age() -> float:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return time.time() - IMPORTED_AT
+
+
+_jobs_started = 0
+_later_job_started_at: float | None = None
+
+
+def start_job() -> None:
+    """Mark the start of a Hydra job. The first job of a process counts from
+    the process's start (imports and start-up are part of what a user waits
+    for); later jobs of a multirun, from now."""
+    global _jobs_started, _later_job_started_at
+    _jobs_started += 1
+    _later_job_started_at = None if _jobs_started == 1 else time.monotonic()
+
+
+def job_age() -> float:
+    """Seconds the current job has taken so far (see `start_job`)."""
+    return process_age() if _later_job_started_at is None else time.monotonic() - _later_job_started_at

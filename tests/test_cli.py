@@ -144,9 +144,13 @@ def test_unreadable_checkpoint_and_oversized_batch_are_clear_errors(tmp_path, da
 
 
 def test_multirun_gives_each_job_its_own_folder_and_summary(tmp_path, data_dir):
+    import time
+
+    start = time.monotonic()
     proc = run_cli(["-m", "method=simclr", "optimizer.lr=0.1,0.3", "experiment=smoke", "data.subset=600",
                     "data.test_subset=200", "trainer.max_epochs=1", "eval.linear.epochs=1",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, data_dir)
+    elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(summaries) == 2
@@ -156,6 +160,9 @@ def test_multirun_gives_each_job_its_own_folder_and_summary(tmp_path, data_dir):
         assert summary["stages"]["linear"]["status"] == "done"
         lrs.add(json.loads((path.parent / "manifest.json").read_text())["config"]["optimizer"]["lr"])
     assert lrs == {0.1, 0.3}
+    # Each job's wall time is its own: the second does not count the first's.
+    walls = [json.loads(p.read_text())["wall_seconds"] for p in summaries]
+    assert all(w > 0 for w in walls) and sum(walls) <= elapsed
     # The sweep's results table: one row per job, with the figures of its summary.
     table = (tmp_path / "sweep" / "results.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| simclr |")]

@@ -88,3 +88,18 @@ def test_data_set_picks_its_default_views_and_the_command_line_wins():
 def test_a_required_value_left_unset_is_named():
     with pytest.raises(UserError, match=r"'data.root' has no value.*data.root=\.\.\."):
         compose_config(["data=imagefolder"])
+
+
+def test_per_method_preset_adjustments_apply_only_to_their_pair_and_lose_to_the_command_line():
+    for path in sorted((CONF / "experiment_method").glob("*.yaml")):
+        experiment, method = next((e.stem, path.stem[len(e.stem) + 1:]) for e in (CONF / "experiment").glob("*.yaml")
+                                  if path.stem.startswith(e.stem + "_"))
+        assert (CONF / "method" / f"{method}.yaml").is_file(), path.name
+        compose_config([f"experiment={experiment}", f"method={method}"])  # validates
+    npid = compose_config(["experiment=cifar10_cpu", "method=npid"])
+    assert (npid.optimizer.name, npid.optimizer.lr, npid.trainer.max_epochs) == ("sgd", 0.03, 12)
+    simclr = compose_config(["experiment=cifar10_cpu", "method=simclr"])
+    assert (simclr.optimizer.name, simclr.trainer.max_epochs) == ("lars", 4)
+    assert compose_config(["experiment=cifar10_cpu", "method=npid", "trainer.max_epochs=3"]).trainer.max_epochs == 3
+    moco = compose_config(["experiment=looc_rotation_cpu", "method=mocov2"])
+    assert moco.method.symmetric is False and moco.views.rotation_p == 0.75

@@ -399,11 +399,11 @@ def test_moco_queue_under_ddp_wraps_around_is_gathered_and_comes_back_on_resume(
     assert not torch.equal(after["key_encoder.net.0.conv1.weight"], before["key_encoder.net.0.conv1.weight"])
 
 
-@pytest.mark.parametrize("method", ["simsiam", "byol", "npid"])
+@pytest.mark.parametrize("method", ["simsiam", "byol", "npid", "looc"])
 def test_every_stateful_method_runs_the_chained_stages_on_two_processes(tmp_path, cifar_root, method):
-    """The smoke preset on two gloo processes for the other methods of issue 5
+    """The smoke preset on two gloo processes for the other stateful methods
     (MoCo has the test above): a summary of the whole chain, from two
-    processes, with evaluation scores above chance."""
+    processes, with evaluation scores above chance (LooC: LooC++ too)."""
     import json
 
     run_dir = tmp_path / method
@@ -415,7 +415,7 @@ def test_every_stateful_method_runs_the_chained_stages_on_two_processes(tmp_path
     assert (summary["method"], summary["processes"], summary["global_batch_size"]) == (method, 2, 256)
     assert summary["stages"]["pretrain"]["status"] == "done"
     assert summary["stages"]["pretrain"]["synchronised_batchnorm_layers"] > 0
-    for stage in ("knn", "linear"):
+    for stage in ("knn", "linear") + (("linear_concat",) if method == "looc" else ()):
         assert 15.0 < summary["stages"][stage]["top1"] <= 100.0
 
 

@@ -167,8 +167,12 @@ def test_smoke_run_reports_linear_looc_plus_plus_and_the_rotation_probe(cifar_ro
                            "eval.probe.train_images=500", "eval.probe.test_images=500",
                            f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stages = json.loads((run_dir / "summary.json").read_text())["stages"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stages = summary["stages"]
     assert list(stages) == ["pretrain", "knn", "linear", "linear_concat", "probe_rotation"]
+    # The smoke preset's random-init baseline covers the probe too: the floor for the probe's figure.
+    assert list(summary["baseline"]) == ["knn_random_init", "probe_rotation_random_init"]
+    assert summary["baseline"]["probe_rotation_random_init"]["encoder_checkpoint"] == "random initialisation"
     for stage in ("linear", "linear_concat"):
         assert 15.0 < stages[stage]["top1"] <= 100.0
     # resnet_tiny's 128-d V; three heads' 128-d hidden layers.
@@ -181,3 +185,70 @@ def test_smoke_run_reports_linear_looc_plus_plus_and_the_rotation_probe(cifar_ro
     encoder = torch.load(run_dir / "pretrain" / "encoder.pt", weights_only=True)
     assert encoder["method_config"]["augmentations"] == ["color", "rotation"]
     assert not any(k.startswith(("key_encoder.", "queues.")) for k in encoder["heads"])
+
+
+# ---- the property probes and LooC++, in-process on real CIFAR-10 ------------------------------
+
+class _QuadrantMeans(torch.nn.Module):
+    """Features that see orientation and colour: each channel's mean over each
+    image quadrant (12 numbers)."""
+
+    feature_dim = 12
+
+    def forward(self, x):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        return torch.cat([x[..., :h, :w].mean((2, 3)), x[..., :h, w:].mean((2, 3)),
+                          x[..., h:, :w].mean((2, 3)), x[..., h:, w:].mean((2, 3))], dim=1)
+
+
+class _RotationInvariant(torch.nn.Module):
+    """Features blind to rotation: per-channel mean and std over the whole image."""
+
+    feature_dim = 6
+
+    def forward(self, x):
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], dim=1)
+
+
+def _probe_context(tmp_path, cifar_root, encoder, monkeypatch):
+    from ssl_runner.encoder import LoadedEncoder
+    from ssl_runner.pipeline import RunContext
+    from ssl_runner.run_dir import Manifest
+
+    cfg = compose_config(["experiment=smoke", f"data.root={cifar_root}", "data.subset=400", "data.test_subset=400",
+                          "eval.probe.train_images=400", "eval.probe.epochs=40", "trainer.progress=none"])
+    ctx = RunContext(cfg, tmp_path, Manifest.open(tmp_path, {}))
+    monkeypatch.setattr(ctx, "encoder", lambda: LoadedEncoder(encoder, "test", "in memory"))
+    return ctx
+
+
+@pytest.mark.integration
+def test_rotation_probe_finds_orientation_only_where_the_features_keep_it(tmp_path, cifar_root, monkeypatch):
+    from ssl_runner.pipeline import stage_probe_rotation
+
+    sensitive = stage_probe_rotation(_probe_context(tmp_path / "a", cifar_root, _QuadrantMeans(), monkeypatch))
+    assert sensitive["chance"] == 25.0 and sensitive["test_images"] == 400
+    assert sensitive["top1"] > 45.0  # quadrant colours tell sky from ground
+    blind = stage_probe_rotation(_probe_context(tmp_path / "b", cifar_root, _RotationInvariant(), monkeypatch))
+    assert abs(blind["top1"] - 25.0) < 3.0  # rotated copies have identical features: chance exactly
+
+
+@pytest.mark.integration
+def test_colour_probe_tells_grayscale_from_colour_features(tmp_path, cifar_root, monkeypatch):
+    from ssl_runner.pipeline import stage_probe_color
+
+    result = stage_probe_color(_probe_context(tmp_path, cifar_root, _QuadrantMeans(), monkeypatch))
+    # A grayscale image has equal channel means; "equal" is not a linear boundary, so not
+    # 100 %, but far above the 50 % that a probe comparing identical inputs would give.
+    assert result["chance"] == 50.0 and result["top1"] > 75.0
+
+
+@pytest.mark.integration
+def test_looc_plus_plus_refuses_an_encoder_without_heads_to_concatenate(tmp_path, cifar_root, monkeypatch):
+    from ssl_runner.encoder import LoadedEncoder
+    from ssl_runner.pipeline import stage_linear_concat
+
+    ctx = _probe_context(tmp_path, cifar_root, _QuadrantMeans(), monkeypatch)
+    monkeypatch.setattr(ctx, "encoder", lambda: LoadedEncoder(_QuadrantMeans(), "simclr", "enc.pt"))
+    with pytest.raises(UserError, match="linear_concat.*method 'simclr'"):
+        stage_linear_concat(ctx)

@@ -201,6 +201,9 @@ class ProbeConfig(ClassifierStageConfig):
 @dataclass
 class EvalConfig:
     random_baseline: bool = False
+    # The backbone stage whose pooled output every evaluation stage uses
+    # (layer1..layer4 of a ResNet); null: the representation h (after layer4).
+    feature_layer: Optional[str] = None
     knn: KnnConfig = field(default_factory=KnnConfig)
     # Also the settings of linear_concat (LooC++), so the two are comparable.
     linear: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
@@ -334,7 +337,11 @@ def validate(cfg: DictConfig, method_schemas: Dict[str, type]) -> DictConfig:
 
 
 # Method keys that, where a method has them, take one of a fixed set.
-METHOD_CHOICES: Dict[str, List[str]] = {"momentum_schedule": ["constant", "cosine"]}
+METHOD_CHOICES: Dict[str, List[str]] = {
+    "momentum_schedule": ["constant", "cosine"],
+    "chromatic_guard": ["none", "drop_channels", "project"],  # relative_loc
+    "scale": ["cifar", "96px", "imagenet"],  # relative_loc's patch geometry
+}
 
 
 def _check_values(cfg: DictConfig) -> None:
@@ -342,6 +349,10 @@ def _check_values(cfg: DictConfig) -> None:
         value = cfg.method.get(key)
         if value is not None and str(value) not in allowed:
             raise UserError(f"config key 'method.{key}' is '{value}', which is not one of: {', '.join(allowed)}.")
+    layer = cfg.eval.feature_layer
+    if layer is not None and layer not in ("layer1", "layer2", "layer3", "layer4"):
+        raise UserError(f"config key 'eval.feature_layer' is '{layer}'; a ResNet backbone has the stages layer1, "
+                        "layer2, layer3 and layer4 (null: the representation after layer4).")
     augmentations = cfg.method.get("augmentations")
     if augmentations is not None:
         from ssl_runner.data.leave_one_out import ATOMIC_AUGMENTATIONS

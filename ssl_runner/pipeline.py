@@ -33,7 +33,7 @@ from ssl_runner.eval.classifier import Classifier
 from ssl_runner.eval.features import extract_features
 from ssl_runner.eval.knn import knn_top1
 from ssl_runner.methods import METHODS, build_method
-from ssl_runner.models.backbones import build_backbone
+from ssl_runner.models.backbones import TruncatedBackbone, build_backbone
 from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
 from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise, write_json
 from ssl_runner.runtime import job_age
@@ -42,6 +42,9 @@ from ssl_runner.training import build_trainer, finish_loggers, log_stage_result,
 log = logging.getLogger(__name__)
 
 BASELINE_STAGE = "knn_random_init"
+# With eval.random_baseline and a linear stage, the linear probe of the
+# random-init encoder too (cached features only, like `linear`'s default).
+LINEAR_BASELINE = "linear_random_init"
 # With eval.random_baseline, each property probe in the pipeline is also run on
 # the random-init encoder: the floor that says whether pretraining kept or
 # destroyed the property.
@@ -84,6 +87,12 @@ class RunContext:
             )
         encoder = load_encoder(path)
         encoder.backbone.use_channels_last(self.cfg.trainer.channels_last)
+        return self.at_feature_layer(encoder)
+
+    def at_feature_layer(self, encoder: LoadedEncoder) -> LoadedEncoder:
+        """`encoder` evaluated at eval.feature_layer, when one is set."""
+        if self.cfg.eval.feature_layer is not None:
+            encoder.backbone = encoder.backbone.truncated(self.cfg.eval.feature_layer)
         return encoder
 
     def features(self, encoder: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -175,16 +184,25 @@ def stage_knn(ctx: RunContext) -> Dict[str, Any]:
 
 
 def _random_init_backbone(ctx: RunContext) -> torch.nn.Module:
-    """An untrained encoder of the configured architecture, seeded by `seed`."""
+    """An untrained encoder of the configured architecture, seeded by `seed`,
+    evaluated at eval.feature_layer like the trained one."""
     L.seed_everything(ctx.cfg.seed, verbose=False)
-    return build_backbone(ctx.cfg.backbone, ctx.cfg.data.image_size).use_channels_last(
+    backbone = build_backbone(ctx.cfg.backbone, ctx.cfg.data.image_size).use_channels_last(
         ctx.cfg.trainer.channels_last)
+    return ctx.at_feature_layer(LoadedEncoder(backbone, "random_init", "random initialisation")).backbone
 
 
 def stage_knn_random_init(ctx: RunContext) -> Dict[str, Any]:
     """kNN on an untrained encoder of the same architecture: the floor that
     pretraining must beat."""
     return _knn(ctx, BASELINE_STAGE, _random_init_backbone(ctx))
+
+
+def stage_linear_random_init(ctx: RunContext) -> Dict[str, Any]:
+    """The linear probe (eval.linear's settings, cached features) on the
+    untrained encoder: the floor for the linear figure."""
+    return _linear_on_features(ctx, LINEAR_BASELINE, ctx.cfg.eval.linear, ctx.features(_random_init_backbone(ctx)),
+                               ctx.num_classes)
 
 
 def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[str, Any]:
@@ -251,7 +269,9 @@ def stage_linear_concat(ctx: RunContext) -> Dict[str, Any]:
             f"method '{enc.method}', which has one representation. Remove linear_concat from pipeline.stages, or "
             "evaluate a method=looc encoder."
         )
-    features = concat(enc.backbone, enc.heads, OmegaConf.create(enc.method_config))
+    # The heads read the whole backbone's h, whatever eval.feature_layer says.
+    backbone = enc.backbone.backbone if isinstance(enc.backbone, TruncatedBackbone) else enc.backbone
+    features = concat(backbone, enc.heads, OmegaConf.create(enc.method_config))
     return {**_linear_on_features(ctx, "linear_concat", ctx.cfg.eval.linear, ctx.features(features),
                                   ctx.num_classes),
             "feature_dim": features.heads.hidden_dim,
@@ -335,6 +355,7 @@ STAGES: Dict[str, Callable[[RunContext], Dict[str, Any]]] = {
     "probe_rotation": stage_probe_rotation,
     "probe_color": stage_probe_color,
     BASELINE_STAGE: stage_knn_random_init,
+    LINEAR_BASELINE: stage_linear_random_init,
     PROBE_BASELINES["probe_rotation"]: partial(stage_probe_rotation, stage=PROBE_BASELINES["probe_rotation"]),
     PROBE_BASELINES["probe_color"]: partial(stage_probe_color, stage=PROBE_BASELINES["probe_color"]),
 }
@@ -379,7 +400,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         extra = getattr(METHODS.get(cfg.method.name, (None,))[0], "extra_eval_stages", ())
         stages[stages.index("linear") + 1:stages.index("linear") + 1] = [s for s in extra if s not in stages]
     if cfg.eval.random_baseline:
-        stages += [BASELINE_STAGE] + [PROBE_BASELINES[s] for s in stages if s in PROBE_BASELINES]
+        stages += ([BASELINE_STAGE] + ([LINEAR_BASELINE] if "linear" in stages else [])
+                   + [PROBE_BASELINES[s] for s in stages if s in PROBE_BASELINES])
     if not all(manifest.is_done(s) for s in stages):
         # Missing or unreadable data fails here, before any stage is recorded.
         ctx.train_images  # noqa: B018
@@ -390,7 +412,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     if main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     facts = run_facts(cfg, run_dir)
-    build_summary = partial(summarise, baselines=(BASELINE_STAGE, *PROBE_BASELINES.values()))
+    build_summary = partial(summarise, baselines=(BASELINE_STAGE, LINEAR_BASELINE, *PROBE_BASELINES.values()))
 
     def write_summary() -> Dict[str, Any]:
         # Wall clock of this job so far, start-up included (a resumed run counts

@@ -57,6 +57,7 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
 
 # Figures shown only when some run has them: column -> (summary section, stage).
 OPTIONAL_COLUMNS = {
+    "random-init linear": ("baseline", "linear_random_init"),
     "LooC++ linear": ("stages", "linear_concat"),
     "rotation probe": ("stages", "probe_rotation"),
     "random-init rotation probe": ("baseline", "probe_rotation_random_init"),

@@ -2,6 +2,8 @@
 
 import torch
 import torchvision
+import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from ssl_runner.config import BackboneConfig
@@ -57,3 +59,28 @@ def test_mlp_head_layout():
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
     assert head.net[0].bias is None and head.net[3].bias is not None
     assert head(torch.randn(5, 8)).shape == (5, 4)
+
+
+def test_an_intermediate_stage_gives_the_pooled_features_of_that_stage():
+    from ssl_runner.models.backbones import TruncatedBackbone
+
+    torch.manual_seed(0)
+    net = build_backbone(compose_config(["backbone=resnet_tiny"]).backbone, 32).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        stem = net.relu(net.bn1(net.conv1(x)))
+        layer2 = net.layer2(net.layer1(stem))
+        truncated = net.truncated("layer2")
+        torch.testing.assert_close(truncated(x), layer2.mean((2, 3)))
+        assert isinstance(truncated, TruncatedBackbone) and truncated.feature_dim == 32 == truncated(x).shape[1]
+        torch.testing.assert_close(net.truncated("layer4")(x), net(x))
+    assert [net.truncated(f"layer{i}").feature_dim for i in range(1, 5)] == [16, 32, 64, 128]
+    with pytest.raises(ValueError, match="unknown backbone stage"):
+        net.truncated("block2")
+
+
+def test_feature_layer_is_validated():
+    from ssl_runner.errors import UserError
+
+    with pytest.raises(UserError, match="eval.feature_layer"):
+        compose_config(["eval.feature_layer=layer5"])

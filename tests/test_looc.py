@@ -171,7 +171,7 @@ def test_smoke_run_reports_linear_looc_plus_plus_and_the_rotation_probe(cifar_ro
     stages = summary["stages"]
     assert list(stages) == ["pretrain", "knn", "linear", "linear_concat", "probe_rotation"]
     # The smoke preset's random-init baseline covers the probe too: the floor for the probe's figure.
-    assert list(summary["baseline"]) == ["knn_random_init", "probe_rotation_random_init"]
+    assert list(summary["baseline"]) == ["knn_random_init", "linear_random_init", "probe_rotation_random_init"]
     assert summary["baseline"]["probe_rotation_random_init"]["encoder_checkpoint"] == "random initialisation"
     for stage in ("linear", "linear_concat"):
         assert 15.0 < stages[stage]["top1"] <= 100.0

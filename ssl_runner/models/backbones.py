@@ -92,12 +92,44 @@ class ResNet(nn.Module):
         self.channels_last = enabled
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, upto: str = "layer4") -> Tensor:
+        """Globally average-pooled features after stage `upto` (`layer1` to
+        `layer4`; the representation h is after `layer4`)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for name in STAGE_NAMES[:STAGE_NAMES.index(upto) + 1]:
+            x = getattr(self, name)(x)
         return torch.flatten(self.avgpool(x), 1)
+
+    def truncated(self, upto: str) -> "TruncatedBackbone":
+        """This backbone evaluated at an intermediate stage (eval.feature_layer)."""
+        return TruncatedBackbone(self, upto)
+
+
+STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class TruncatedBackbone(nn.Module):
+    """A backbone whose output is the pooled features of an earlier stage:
+    what the evaluation stages see with eval.feature_layer (a pretext task's
+    last layers specialise in the pretext, so an earlier block often
+    transfers better; RotNet Sec. 3.1)."""
+
+    def __init__(self, backbone: ResNet, upto: str) -> None:
+        super().__init__()
+        if upto not in STAGE_NAMES:
+            raise ValueError(f"unknown backbone stage '{upto}' (one of {', '.join(STAGE_NAMES)})")
+        self.backbone, self.upto = backbone, upto
+        block = getattr(backbone, upto)[-1]  # the stage's last block sets its width
+        self.feature_dim = (block.bn3 if isinstance(block, Bottleneck) else block.bn2).num_features
+
+    def use_channels_last(self, enabled: bool = True) -> "TruncatedBackbone":
+        self.backbone.use_channels_last(enabled)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x, upto=self.upto)
 
 
 def build_backbone(cfg: BackboneConfig, image_size: int) -> ResNet:

@@ -1,0 +1,90 @@
+"""Jigsaw: solving jigsaw puzzles (Noroozi & Favaro, ECCV 2016)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+
+from ssl_runner.data.jigsaw import JigsawTiles, cached_permutation_set
+from ssl_runner.data.views import ViewRecipe, to_unit_float
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
+from ssl_runner.methods.registry import register_method
+from ssl_runner.models.heads import MLPHead
+
+
+@dataclass
+class JigsawConfig:
+    name: str = "jigsaw"
+    # Size of the permutation set (Sec. 3.2 and Table 4: 100 or 1000; fewer
+    # or closer permutations make the task easier and the features worse).
+    permutations: int = 1000
+    # The set is chosen greedily for maximal average Hamming distance,
+    # deterministically from this seed, and cached (data/jigsaw.py).
+    permutation_seed: int = 0
+    # The classifier over the nine towers' concatenated features (the paper:
+    # fc7 of 4096 over 9 x 1024); 0: the backbone's feature width x 9.
+    hidden_dim: int = 1024
+    # Images shown in grayscale (Sec. 3.1: 30 %, against colour shortcuts).
+    grayscale_p: float = 0.3
+    # Area range of the random crop the puzzle is cut from, instead of
+    # views.crop_scale (the paper: a 225-px crop of a 256-px image, 77 %; a
+    # small crop would leave tiles of a few source pixels).
+    crop_scale: List[float] = field(default_factory=lambda: [0.6, 1.0])
+
+
+class JigsawPuzzles:
+    """The method's views: `recipe`'s crop and flip, then the puzzle; a view
+    list [tiles N x 9 x 3 x t x t, labels N], through the same
+    `views(images, count)` interface as a ViewRecipe (so puzzles are made in
+    the loaders' workers or batched on the device alike)."""
+
+    def __init__(self, recipe: ViewRecipe, tiles: JigsawTiles) -> None:
+        self.recipe, self.tiles = recipe, tiles
+
+    def views(self, images: Tensor, count: int = 2, generator: torch.Generator | None = None) -> List[Tensor]:
+        images = to_unit_float(images)
+        n, _, height, width = images.shape
+        params = self.recipe.sample(n, height, width, images.device, generator)
+        for augmentation in self.recipe.augmentations:  # unnormalised: each tile is normalised on its own
+            images = augmentation.apply(images, params[augmentation.name])
+        tiles, labels = self.tiles(images, generator)
+        return [tiles, labels]
+
+
+@register_method("jigsaw", JigsawConfig, paper="Noroozi & Favaro, ECCV 2016",
+                 published="no CIFAR-10 figure; ImageNet ResNet-50 linear about 48 (VISSL)")
+class Jigsaw(BaseMethod):
+    """Nine weight-sharing towers (the backbone on each tile), their features
+    concatenated in slot order, an MLP classifies which permutation of the
+    set shuffled the tiles (Sec. 3)."""
+
+    num_views = 2  # the tiles and their labels
+
+    def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
+        super().__init__(cfg, num_classes, num_samples)
+        m = cfg.method
+        permutations = cached_permutation_set(m.permutations, 9, m.permutation_seed)
+        tiles = JigsawTiles.for_image_side(permutations, cfg.data.image_size, grayscale_p=m.grayscale_p)
+        # Crop and flip only: the puzzle brings its own colour treatment.
+        recipe = view_recipe_from_config(cfg, jitter_p=0.0, grayscale_p=0.0, crop_scale=tuple(m.crop_scale))
+        self.recipe = JigsawPuzzles(recipe, tiles)
+        concat = 9 * self.feature_dim
+        self.classifier = MLPHead([concat, m.hidden_dim or concat, m.permutations])
+
+    def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
+        tiles, labels = views
+        n = len(tiles)
+        h = self.backbone(tiles.flatten(0, 1))  # N*9 tiles through one shared tower
+        logits = self.classifier(h.view(n, -1))
+        loss = F.cross_entropy(logits, labels.long())
+        accuracy = (logits.argmax(1) == labels).float().mean() * 100
+        # The online probe sees the mean of each image's tile features.
+        return SSLStepOutput(loss=loss, features=h.view(n, 9, -1).mean(1), logs={"permutation_top1": accuracy.detach()})
+
+
+__all__ = ["Jigsaw", "JigsawPuzzles"]

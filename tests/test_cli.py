@@ -83,7 +83,7 @@ def test_rerun_skips_finished_stages_and_touches_nothing(smoke_run, data_dir):
     before = (ckpt.stat().st_mtime_ns, json.loads((run_dir / "summary.json").read_text())["stages"])
     proc = run_cli(["method=simclr", "data=cifar10", "experiment=smoke", f"hydra.run.dir={run_dir}"], work, data_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("already done") == 4  # pretrain, knn, linear, baseline
+    assert proc.stdout.count("already done") == 5  # pretrain, knn, linear, the two baselines
     after = (ckpt.stat().st_mtime_ns, json.loads((run_dir / "summary.json").read_text())["stages"])
     assert after == before
 
@@ -219,5 +219,5 @@ def test_wandb_offline_leaves_one_syncable_run_per_stage(tmp_path, data_dir):
                    tmp_path, data_dir, extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = _wandb_run_records(run_dir)
-    assert sorted(job for _, job in records) == ["knn", "knn_random_init", "linear", "pretrain"]
+    assert sorted(job for _, job in records) == ["knn", "knn_random_init", "linear", "linear_random_init", "pretrain"]
     assert len({group for group, _ in records}) == 1 and records[0][0].endswith("w")

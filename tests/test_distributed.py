@@ -303,7 +303,9 @@ def test_ddp_cpu_smoke_run_leaves_one_run_folder_with_one_summary(ddp_smoke):
     assert sorted(p.name for p in work.iterdir()) == ["d1"]  # no outputs/, no second timestamped folder
     assert [p.relative_to(run_dir) for p in run_dir.rglob("summary.json")] == [Path("summary.json")]
     assert not list(run_dir.rglob(".pl_hydra*")) and [p.name for p in run_dir.glob(".hydra")] == [".hydra"]
-    assert [p.name for p in run_dir.rglob("*.ckpt")] == ["last.ckpt", "last.ckpt"]  # pretrain and linear, once each
+    # pretrain, linear and the random-init linear baseline, once each
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*.ckpt")) == [
+        f"{stage}/checkpoints/last.ckpt" for stage in ("linear", "linear_random_init", "pretrain")]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["batch_size"] == 128 and summary["global_batch_size"] == 256
     pretrain = summary["stages"]["pretrain"]

@@ -30,3 +30,23 @@ def cifar_root() -> Path:
     if not (root / "train").is_dir():
         pytest.fail(f"real CIFAR-10 not found at {root}: set SSL_RUNNER_DATA to the folder holding cifar10/")
     return root
+
+
+def run_method_cli(cifar_root: Path, run_dir: Path, *args: str, extra_env=None):
+    """`python -m ssl_runner method=... data=cifar10 experiment=smoke ...` as a user runs it, reading the
+    real CIFAR-10; asserts exit 0 and returns the run's summary.json and its pretrain metrics rows."""
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SSL_RUNNER_DATA": str(cifar_root.parent), "CI": "true", **(extra_env or {})}
+    proc = subprocess.run([sys.executable, "-m", "ssl_runner", "data=cifar10", "experiment=smoke", *args,
+                           f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert all(summary["stages"][s]["status"] == "done" for s in ("pretrain", "knn", "linear"))
+    for stage in ("knn", "linear"):
+        assert 15.0 < summary["stages"][stage]["top1"] <= 100.0  # ten classes: chance is 10 %
+    with open(run_dir / "pretrain" / "metrics.csv") as fh:
+        return summary, list(csv.DictReader(fh))

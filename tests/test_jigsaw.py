@@ -323,21 +323,8 @@ def test_jigsaw_method_feeds_each_image_nine_tiles_to_one_tower(cifar_root, tmp_
 @pytest.mark.integration
 def test_jigsaw_smoke_run_completes(cifar_root, tmp_path):
     """The issue's command: exit 0 and a complete summary, the puzzle accuracy logged."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from conftest import run_method_cli
 
-    env = {**os.environ, "SSL_RUNNER_DATA": str(cifar_root.parent), "CI": "true",
-           "SSL_RUNNER_CACHE": str(tmp_path / "cache")}
-    run_dir = tmp_path / "p-jigsaw"
-    proc = subprocess.run([sys.executable, "-m", "ssl_runner", "method=jigsaw", "data=cifar10", "experiment=smoke",
-                           f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert all(summary["stages"][s]["status"] == "done" for s in ("pretrain", "knn", "linear"))
-    for stage in ("knn", "linear"):
-        assert 15.0 < summary["stages"][stage]["top1"] <= 100.0
-    header, *rows = [line.split(",") for line in (run_dir / "pretrain" / "metrics.csv").read_text().splitlines()]
-    column = header.index("train/permutation_top1")
-    assert len([r for r in rows if r[column]]) == 2
+    _, rows = run_method_cli(cifar_root, tmp_path / "p-jigsaw", "method=jigsaw",
+                             extra_env={"SSL_RUNNER_CACHE": str(tmp_path / "cache")})
+    assert len([r for r in rows if r["train/permutation_top1"]]) == 2

@@ -85,6 +85,8 @@ class ViewsConfig:
 
 @dataclass
 class BackboneConfig:
+    # `nin` (or `nin_*`): RotNet's Network-In-Network (models/nin.py); any
+    # other name: a ResNet of `depth`.
     name: str = "resnet18"
     depth: int = 18
     # Multiplies every stage's channel count (0.25 gives 16-32-64-128).
@@ -92,6 +94,20 @@ class BackboneConfig:
     # 3x3 stride-1 first conv and no max-pool; null = on for images <= 64 px.
     cifar_stem: Optional[bool] = None
     zero_init_residual: bool = False
+    # NIN only: its number of conv blocks (at least 3; the paper's CIFAR NIN has 4).
+    num_blocks: int = 4
+
+
+def is_nin(backbone_name: str) -> bool:
+    """Whether `backbone.name` selects the Network-In-Network."""
+    return backbone_name == "nin" or backbone_name.startswith("nin_")
+
+
+def backbone_stage_names(backbone: Any) -> List[str]:
+    """The stages eval.feature_layer may name for the backbone config `backbone`."""
+    if is_nin(backbone.name):
+        return [f"block{i}" for i in range(1, backbone.num_blocks + 1)]
+    return ["layer1", "layer2", "layer3", "layer4"]
 
 
 @dataclass
@@ -115,6 +131,10 @@ class SchedulerConfig:
     warmup_epochs: float = 10.0
     warmup_start_ratio: float = 0.0
     final_ratio: float = 0.0
+    # `steps`: the lr is multiplied by `gamma` at each of these epochs
+    # (increasing; fractions allowed), after the warmup.
+    milestones: List[float] = field(default_factory=list)
+    gamma: float = 0.1
 
 
 @dataclass
@@ -199,15 +219,38 @@ class ProbeConfig(ClassifierStageConfig):
 
 
 @dataclass
+class NonLinearStageConfig(ClassifierStageConfig):
+    """The `nonlinear` stage: RotNet's non-linear classifier (Sec. 3.1; the
+    official code's MultLayer classifier) on the frozen encoder's feature map
+    at eval.feature_layer: pool 3/2/1, flatten, two hidden layers of
+    `hidden_dim` (Linear + BatchNorm + ReLU), a linear output layer."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    # true: random crop + flip each epoch; false: the unaugmented images.
+    augment: bool = True
+    # The official code's width: min(20 x classes, 2048) = 200 for CIFAR-10.
+    hidden_dim: int = 200
+    # The 3x3, stride-2 pool before flattening: "max" or "avg" (the official
+    # NIN's block 2 ends in an average pool; see conf/experiment/rotnet_cifar10.yaml).
+    pool: str = "max"
+
+
+@dataclass
 class EvalConfig:
     random_baseline: bool = False
     # The backbone stage whose pooled output every evaluation stage uses
-    # (layer1..layer4 of a ResNet); null: the representation h (after layer4).
+    # (layer1..layer4 of a ResNet, block1..blockN of a NIN; the nonlinear
+    # stage reads its unpooled map); null: the last stage (the representation h).
     feature_layer: Optional[str] = None
     knn: KnnConfig = field(default_factory=KnnConfig)
     # Also the settings of linear_concat (LooC++), so the two are comparable.
     linear: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    nonlinear: NonLinearStageConfig = field(default_factory=NonLinearStageConfig)
     finetune: ClassifierStageConfig = field(
         default_factory=lambda: ClassifierStageConfig(
             epochs=30, lr=0.01, weight_decay=5e-4, nesterov=True, augment=True
@@ -249,14 +292,15 @@ CHOICES: Dict[str, List[str]] = {
     "data.views_on": ["device", "cpu"],
     "optimizer.name": ["sgd", "lars", "adamw"],
     "optimizer.lr_scaling": ["linear", "sqrt", "none"],
-    "scheduler.name": ["warmup_cosine", "constant"],
+    "scheduler.name": ["warmup_cosine", "constant", "steps"],
+    "eval.nonlinear.pool": ["max", "avg"],
     "trainer.progress": ["auto", "rich", "plain", "none"],
     "trainer.strategy": ["auto", "ddp"],
     "trainer.accelerator": ["auto", "cpu", "gpu", "cuda"],
     "logger.name": ["csv", "wandb"],
     "backbone.depth": ["10", "18", "34", "50"],
 }
-STAGES = ["pretrain", "knn", "linear", "finetune", "linear_concat", "probe_rotation", "probe_color"]
+STAGES = ["pretrain", "knn", "linear", "finetune", "linear_concat", "probe_rotation", "probe_color", "nonlinear"]
 
 
 def _explain(err: OmegaConfBaseException, schema_hint: Optional[type] = None) -> str:
@@ -340,7 +384,8 @@ def validate(cfg: DictConfig, method_schemas: Dict[str, type]) -> DictConfig:
 METHOD_CHOICES: Dict[str, List[str]] = {
     "momentum_schedule": ["constant", "cosine"],
     "chromatic_guard": ["none", "drop_channels", "project"],  # relative_loc
-    "scale": ["cifar", "96px", "imagenet"],  # relative_loc's patch geometry
+    "scale": ["cifar", "cifar64", "96px", "imagenet"],  # relative_loc's patch geometry
+    "tile_normalization": ["per_tile", "dataset"],  # jigsaw
 }
 
 
@@ -349,10 +394,8 @@ def _check_values(cfg: DictConfig) -> None:
         value = cfg.method.get(key)
         if value is not None and str(value) not in allowed:
             raise UserError(f"config key 'method.{key}' is '{value}', which is not one of: {', '.join(allowed)}.")
-    layer = cfg.eval.feature_layer
-    if layer is not None and layer not in ("layer1", "layer2", "layer3", "layer4"):
-        raise UserError(f"config key 'eval.feature_layer' is '{layer}'; a ResNet backbone has the stages layer1, "
-                        "layer2, layer3 and layer4 (null: the representation after layer4).")
+    _check_backbone(cfg)
+    _check_optimisation(cfg)
     augmentations = cfg.method.get("augmentations")
     if augmentations is not None:
         from ssl_runner.data.leave_one_out import ATOMIC_AUGMENTATIONS
@@ -386,6 +429,41 @@ def _check_values(cfg: DictConfig) -> None:
         raise UserError("data.mean and data.std need three values, one per RGB channel.")
 
 
+def _check_backbone(cfg: DictConfig) -> None:
+    b = cfg.backbone
+    if b.width <= 0:
+        raise UserError(f"config key 'backbone.width' is {b.width}; it must be positive (1.0: the published widths).")
+    if is_nin(b.name) and b.num_blocks < 3:
+        raise UserError(f"config key 'backbone.num_blocks' is {b.num_blocks}; the Network-In-Network needs at "
+                        "least 3 blocks (the RotNet paper's CIFAR model has 4).")
+    layer = cfg.eval.feature_layer
+    stages = backbone_stage_names(b)
+    if layer is not None and layer not in stages:
+        kind = f"a Network-In-Network of {b.num_blocks} blocks" if is_nin(b.name) else "a ResNet"
+        raise UserError(f"config key 'eval.feature_layer' is '{layer}', but backbone '{b.name}' ({kind}) has the "
+                        f"stages {', '.join(stages[:-1])} and {stages[-1]}: set eval.feature_layer to one of "
+                        f"them, or to null for the representation after {stages[-1]}.")
+
+
+def _check_optimisation(cfg: DictConfig) -> None:
+    o, s = cfg.optimizer, cfg.scheduler
+    if o.nesterov and o.name == "adamw":
+        raise UserError("config key 'optimizer.nesterov' is true, but Nesterov momentum applies to sgd and lars, "
+                        "not adamw. Set optimizer.nesterov=false or choose optimizer=sgd.")
+    if o.nesterov and o.momentum <= 0:
+        raise UserError(f"config key 'optimizer.nesterov' is true with optimizer.momentum={o.momentum}; Nesterov "
+                        "momentum needs a positive momentum (e.g. 0.9).")
+    milestones = list(s.milestones)
+    if any(m < 0 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+        raise UserError(f"config key 'scheduler.milestones' is {milestones}; it needs epochs that are non-negative "
+                        "and strictly increasing (e.g. scheduler.milestones=[60,120,160]).")
+    if s.gamma <= 0:
+        raise UserError(f"config key 'scheduler.gamma' is {s.gamma}; the lr factor at each milestone must be "
+                        "positive (e.g. 0.2).")
+    if cfg.eval.nonlinear.hidden_dim < 1:
+        raise UserError("config key 'eval.nonlinear.hidden_dim' must be at least 1.")
+
+
 def to_plain(cfg: DictConfig) -> Dict[str, Any]:
     """A JSON-friendly copy of the config (for manifests and hyper-parameters)."""
     out = OmegaConf.to_container(cfg, resolve=True)
@@ -406,6 +484,9 @@ __all__ = [
     "EvalConfig",
     "MonitorConfig",
     "ClassifierStageConfig",
+    "NonLinearStageConfig",
+    "backbone_stage_names",
+    "is_nin",
     "KnnConfig",
     "validate",
     "to_plain",

@@ -20,12 +20,13 @@ from omegaconf import OmegaConf
 from ssl_runner.config import BackboneConfig
 from ssl_runner.errors import UserError
 from ssl_runner.methods.base import ENCODER_FORMAT
-from ssl_runner.models.backbones import ResNet, build_backbone
+from ssl_runner.models.backbones import Backbone, build_backbone
 
 
 @dataclass
 class LoadedEncoder:
-    backbone: ResNet
+    # A ResNet or NetworkInNetwork (a TruncatedBackbone at eval.feature_layer).
+    backbone: Backbone
     method: str
     path: str
     # The method's exported heads (plain tensors) and its config: what a

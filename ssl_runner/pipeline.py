@@ -32,6 +32,7 @@ from ssl_runner.errors import UserError
 from ssl_runner.eval.classifier import Classifier
 from ssl_runner.eval.features import extract_features
 from ssl_runner.eval.knn import knn_top1
+from ssl_runner.eval.nonlinear import FeatureMap, NonLinearHead
 from ssl_runner.methods import METHODS, build_method
 from ssl_runner.models.backbones import TruncatedBackbone, build_backbone
 from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
@@ -45,6 +46,9 @@ BASELINE_STAGE = "knn_random_init"
 # With eval.random_baseline and a linear stage, the linear probe of the
 # random-init encoder too (cached features only, like `linear`'s default).
 LINEAR_BASELINE = "linear_random_init"
+# With eval.random_baseline and a nonlinear stage, RotNet's non-linear
+# classifier on the random-init encoder too (the paper's "random" rows).
+NONLINEAR_BASELINE = "nonlinear_random_init"
 # With eval.random_baseline, each property probe in the pipeline is also run on
 # the random-init encoder: the floor that says whether pretraining kept or
 # destroyed the property.
@@ -133,13 +137,18 @@ def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int
 def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     cfg = ctx.cfg
     world_size = distributed.world_size()
-    method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0, len(ctx.train_images))
+    # The images pretraining iterates over: the whole split unless the method picks a subset (Exemplar-CNN).
+    method_cls = METHODS[cfg.method.name][0]
+    subset = method_cls.pretrain_subset(cfg, len(ctx.train_images))
+    images = ctx.train_images if subset is None else ctx.train_images.select(subset)
+    method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0, len(images))
     if cfg.trainer.sync_batchnorm:
         convert_batchnorm(method, distributed.local_device(cfg.trainer.accelerator).type)
     if cfg.trainer.compile:
         for module in method.ssl_modules().values():
             module.compile()
-    train = pretrain_loader(cfg.data, ctx.train_images, method.recipe, method.num_views, world_size)
+    train = pretrain_loader(cfg.data, images, method.recipe, method.num_views, world_size,
+                            repeats=method_cls.pretrain_repeats(cfg))
     val = None
     every = cfg.monitor.knn_every_n_epochs
     if every > 0 and ctx.train_images.has_labels:
@@ -165,6 +174,8 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
         "checkpoint": "pretrain/checkpoints/last.ckpt",
         "encoder": "pretrain/encoder.pt",
     }
+    if subset is not None:
+        result.update(pretrain_images=len(images), samples_per_epoch=len(train.dataset))
     return {k: v for k, v in result.items() if v is not None}
 
 
@@ -209,26 +220,66 @@ def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[
     cfg, stage_cfg = ctx.cfg, ctx.cfg.eval[stage]
     enc = ctx.encoder()
     d = cfg.data
-    world = distributed.world_size()
     if not (stage_cfg.augment or train_encoder):
         return {**_linear_on_features(ctx, stage, stage_cfg, ctx.features(enc.backbone), ctx.num_classes),
                 "encoder_checkpoint": enc.path}
-    # Random resized crop + flip only: the standard evaluation augmentation.
-    recipe = ViewRecipe.simclr(size=d.image_size, mean=list(d.mean), std=list(d.std), jitter_p=0.0,
-                               grayscale_p=0.0)
     if train_encoder and cfg.trainer.sync_batchnorm:
         convert_batchnorm(enc.backbone, distributed.local_device(cfg.trainer.accelerator).type)
     module = Classifier(enc.backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=enc.backbone,
-                        train_encoder=train_encoder, recipe=recipe, mean=list(d.mean), std=list(d.std))
-    # The stage's batch size is its global batch, as on one device; each rank
-    # trains on its share of the images.
-    train = labelled_train_loader(d, ctx.train_images, recipe, stage_cfg.batch_size // world,
-                                  seed=cfg.seed, shard=world > 1)
-    # Every rank scores the whole test split: no padded duplicates in the accuracy.
-    test = eval_loader(d, ctx.test_images, stage_cfg.batch_size)
-    trainer, metrics = _fit(ctx, stage, module, stage_cfg.epochs, train, test=test, use_distributed_sampler=False)
+                        train_encoder=train_encoder, recipe=_eval_recipe(ctx), mean=list(d.mean), std=list(d.std))
+    trainer, metrics = _fit_on_images(ctx, stage, stage_cfg, module)
     return {**_classifier_result(trainer, metrics, stage, stage_cfg), "features": "augmented images",
             "encoder_checkpoint": enc.path}
+
+
+def _eval_recipe(ctx: RunContext) -> ViewRecipe:
+    """Random resized crop + flip only: the standard evaluation augmentation."""
+    d = ctx.cfg.data
+    return ViewRecipe.simclr(size=d.image_size, mean=list(d.mean), std=list(d.std), jitter_p=0.0, grayscale_p=0.0)
+
+
+def _fit_on_images(ctx: RunContext, stage: str, stage_cfg: Any, module: Classifier) -> Tuple[L.Trainer,
+                                                                                              Dict[str, float]]:
+    """Train `module` on the training images for the stage's epochs, then
+    score it on the test split."""
+    world = distributed.world_size()
+    # The stage's batch size is its global batch, as on one device; each rank
+    # trains on its share of the images.
+    train = labelled_train_loader(ctx.cfg.data, ctx.train_images, module.recipe, stage_cfg.batch_size // world,
+                                  seed=ctx.cfg.seed, shard=world > 1)
+    # Every rank scores the whole test split: no padded duplicates in the accuracy.
+    test = eval_loader(ctx.cfg.data, ctx.test_images, stage_cfg.batch_size)
+    return _fit(ctx, stage, module, stage_cfg.epochs, train, test=test, use_distributed_sampler=False)
+
+
+def _nonlinear(ctx: RunContext, stage: str, backbone: torch.nn.Module) -> Dict[str, Any]:
+    """RotNet's non-linear classifier (eval/nonlinear.py) on the frozen feature
+    map of `backbone` (at eval.feature_layer), trained on the training images
+    (crop + flip with eval.nonlinear.augment) and scored on the test split
+    after its last epoch."""
+    stage_cfg, d = ctx.cfg.eval.nonlinear, ctx.cfg.data
+    encoder = FeatureMap(backbone)
+    channels, height, width = encoder.output_shape(d.image_size)
+    head = NonLinearHead(channels, height, width, ctx.num_classes, stage_cfg.hidden_dim, stage_cfg.pool)
+    module = Classifier(head.in_features, ctx.num_classes, stage_cfg, encoder=encoder, head=head,
+                        recipe=_eval_recipe(ctx) if stage_cfg.augment else None, mean=list(d.mean), std=list(d.std))
+    trainer, metrics = _fit_on_images(ctx, stage, stage_cfg, module)
+    layer = getattr(backbone, "upto", None) or backbone.stage_names[-1]
+    images = "augmented" if stage_cfg.augment else "unaugmented"
+    return {**_classifier_result(trainer, metrics, stage, stage_cfg),
+            "features": f"{layer} map {channels}x{height}x{width} ({images} images)",
+            "hidden_dim": stage_cfg.hidden_dim, "pool": stage_cfg.pool}
+
+
+def stage_nonlinear(ctx: RunContext) -> Dict[str, Any]:
+    enc = ctx.encoder()
+    return {**_nonlinear(ctx, "nonlinear", enc.backbone), "encoder_checkpoint": enc.path}
+
+
+def stage_nonlinear_random_init(ctx: RunContext) -> Dict[str, Any]:
+    """The non-linear classifier (eval.nonlinear's settings) on the untrained
+    encoder: the floor for the nonlinear figure (RotNet Table 2's "random")."""
+    return _nonlinear(ctx, NONLINEAR_BASELINE, _random_init_backbone(ctx))
 
 
 def _classifier_result(trainer: L.Trainer, metrics: Dict[str, float], stage: str, stage_cfg: Any) -> Dict[str, Any]:
@@ -354,8 +405,10 @@ STAGES: Dict[str, Callable[[RunContext], Dict[str, Any]]] = {
     "linear_concat": stage_linear_concat,
     "probe_rotation": stage_probe_rotation,
     "probe_color": stage_probe_color,
+    "nonlinear": stage_nonlinear,
     BASELINE_STAGE: stage_knn_random_init,
     LINEAR_BASELINE: stage_linear_random_init,
+    NONLINEAR_BASELINE: stage_nonlinear_random_init,
     PROBE_BASELINES["probe_rotation"]: partial(stage_probe_rotation, stage=PROBE_BASELINES["probe_rotation"]),
     PROBE_BASELINES["probe_color"]: partial(stage_probe_color, stage=PROBE_BASELINES["probe_color"]),
 }
@@ -376,6 +429,10 @@ def run_facts(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "test_images": cfg.data.test_subset,
         "epochs": cfg.trainer.max_epochs,
         "batch_size": cfg.data.batch_size,
+        # The input side of training and evaluation, and the backbone stage the
+        # evaluation stages read (null: the representation h).
+        "image_size": cfg.data.image_size,
+        "feature_layer": cfg.eval.feature_layer,
         "global_batch_size": cfg.data.batch_size * distributed.world_size() * cfg.trainer.accumulate_grad_batches,
         "processes": distributed.world_size(),
         "nodes": cfg.trainer.num_nodes,
@@ -401,6 +458,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         stages[stages.index("linear") + 1:stages.index("linear") + 1] = [s for s in extra if s not in stages]
     if cfg.eval.random_baseline:
         stages += ([BASELINE_STAGE] + ([LINEAR_BASELINE] if "linear" in stages else [])
+                   + ([NONLINEAR_BASELINE] if "nonlinear" in stages else [])
                    + [PROBE_BASELINES[s] for s in stages if s in PROBE_BASELINES])
     if not all(manifest.is_done(s) for s in stages):
         # Missing or unreadable data fails here, before any stage is recorded.
@@ -412,7 +470,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     if main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     facts = run_facts(cfg, run_dir)
-    build_summary = partial(summarise, baselines=(BASELINE_STAGE, LINEAR_BASELINE, *PROBE_BASELINES.values()))
+    build_summary = partial(summarise, baselines=(BASELINE_STAGE, LINEAR_BASELINE, NONLINEAR_BASELINE,
+                                                      *PROBE_BASELINES.values()))
 
     def write_summary() -> Dict[str, Any]:
         # Wall clock of this job so far, start-up included (a resumed run counts

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-COLUMNS = ("method", "backbone", "train images", "epochs", "batch", "hardware", "seed", "pretrain min",
-           "kNN top-1", "random-init kNN", "kNN gain", "linear top-1", "run")
+COLUMNS = ("method", "backbone", "image px", "features", "train images", "epochs", "batch", "hardware", "seed",
+           "pretrain min", "kNN top-1", "random-init kNN", "kNN gain", "linear top-1", "run")
 
 
 def find_summaries(paths: Iterable[Path]) -> List[Path]:
@@ -31,6 +31,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def load_summary(path: Path) -> Dict[str, Any]:
+    """A run's summary.json; facts that summaries written before they were
+    recorded lack (image_size, feature_layer) are read from the run's
+    config.yaml beside it, when there is one."""
+    summary = json.loads(path.read_text())
+    config = path.with_name("config.yaml")
+    if config.is_file() and not {"image_size", "feature_layer"} <= summary.keys():
+        cfg = OmegaConf.load(config)
+        summary.setdefault("image_size", OmegaConf.select(cfg, "data.image_size"))
+        summary.setdefault("feature_layer", OmegaConf.select(cfg, "eval.feature_layer"))
+    return summary
+
+
 def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
     stages, baseline = summary.get("stages", {}), summary.get("baseline", {})
     knn = stages.get("knn", {}).get("top1")
@@ -41,6 +54,9 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
     return {
         "method": summary.get("method"),
         "backbone": summary.get("backbone"),
+        "image px": summary.get("image_size"),
+        # The backbone stage the evaluation read: h (after the last stage) unless eval.feature_layer.
+        "features": summary.get("feature_layer") or ("h" if "feature_layer" in summary else None),
         "train images": summary.get("train_images") or "all",
         "epochs": summary.get("epochs"),
         "batch": summary.get("batch_size"),
@@ -59,6 +75,8 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
 OPTIONAL_COLUMNS = {
     "random-init linear": ("baseline", "linear_random_init"),
     "LooC++ linear": ("stages", "linear_concat"),
+    "non-linear": ("stages", "nonlinear"),
+    "random-init non-linear": ("baseline", "nonlinear_random_init"),
     "rotation probe": ("stages", "probe_rotation"),
     "random-init rotation probe": ("baseline", "probe_rotation_random_init"),
     "colour probe": ("stages", "probe_color"),
@@ -72,7 +90,7 @@ def _optional(summary: Dict[str, Any], column: str) -> Any:
 
 
 def markdown_table(summaries: Iterable[Path]) -> str:
-    loaded = [json.loads(p.read_text()) for p in summaries]
+    loaded = [load_summary(p) for p in summaries]
     extra = [c for c in OPTIONAL_COLUMNS if any(_optional(s, c) is not None for s in loaded)]
     columns = [*COLUMNS[:-1], *extra, COLUMNS[-1]]
     rows = []
@@ -101,7 +119,8 @@ class SweepResultsTable(Callback):
         print(f"\n{table}\n\n(written to {sweep_dir / 'results.md'})")
 
 
-METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "minutes", "published (CIFAR-10)")
+METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "linear gain", "minutes",
+                  "published (CIFAR-10)")
 
 
 def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
@@ -112,7 +131,7 @@ def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
     dashes; two runs of one method are refused, since a table must not pick."""
     runs: Dict[str, Dict[str, Any]] = {}
     for path in summaries:
-        summary = json.loads(path.read_text())
+        summary = load_summary(path)
         if summary.get("method") in runs:
             raise ValueError(f"two runs of {summary['method']} ({runs[summary['method']]['run_dir']} and "
                              f"{summary.get('run_dir')}); pass one folder per method")
@@ -121,7 +140,9 @@ def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
     for name, meta in info.items():
         row = summary_row(runs[name]) if name in runs else {}
         wall = runs.get(name, {}).get("wall_seconds")
-        cells = [f"`{name}`", meta.paper, _fmt(row.get("kNN top-1")), _fmt(row.get("kNN gain")),
-                 _fmt(row.get("linear top-1")), _fmt(None if wall is None else round(wall / 60, 1)), meta.published]
+        linear, random_linear = row.get("linear top-1"), _optional(runs.get(name, {}), "random-init linear")
+        linear_gain = None if linear is None or random_linear is None else round(linear - random_linear, 2)
+        cells = [f"`{name}`", meta.paper, _fmt(row.get("kNN top-1")), _fmt(row.get("kNN gain")), _fmt(linear),
+                 _fmt(linear_gain), _fmt(None if wall is None else round(wall / 60, 1)), meta.published]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -103,3 +103,27 @@ def test_per_method_preset_adjustments_apply_only_to_their_pair_and_lose_to_the_
     assert compose_config(["experiment=cifar10_cpu", "method=npid", "trainer.max_epochs=3"]).trainer.max_epochs == 3
     moco = compose_config(["experiment=looc_rotation_cpu", "method=mocov2"])
     assert moco.method.symmetric is False and moco.views.rotation_p == 0.75
+
+
+def test_rotnet_cifar10_preset_is_the_papers_recipe():
+    cfg = compose_config(["experiment=rotnet_cifar10"])
+    assert (cfg.method.name, cfg.backbone.name, cfg.backbone.num_blocks, cfg.data.batch_size) == (
+        "rotnet", "nin", 4, 128)
+    o, s = cfg.optimizer, cfg.scheduler
+    assert (o.name, o.lr, o.reference_batch, o.momentum, o.nesterov, o.weight_decay) == (
+        "sgd", 0.1, 128, 0.9, True, 5e-4)
+    assert (s.name, list(s.milestones), s.gamma, s.warmup_epochs, cfg.trainer.max_epochs) == (
+        "steps", [60, 120, 160], 0.2, 0, 200)
+    assert cfg.eval.feature_layer == "block2" and "nonlinear" in cfg.pipeline.stages
+    assert "nonlinear" not in compose_config([]).pipeline.stages  # not in the default pipelines
+
+
+def test_scheduler_and_nesterov_settings_are_validated():
+    with pytest.raises(UserError, match="scheduler.milestones.*strictly increasing"):
+        compose_config(["scheduler=steps", "scheduler.milestones=[60,30]"])
+    with pytest.raises(UserError, match="scheduler.gamma"):
+        compose_config(["scheduler=steps", "scheduler.gamma=0"])
+    with pytest.raises(UserError, match="optimizer.nesterov.*adamw"):
+        compose_config(["optimizer=adamw", "optimizer.nesterov=true"])
+    with pytest.raises(UserError, match="eval.nonlinear.pool.*max, avg"):
+        compose_config(["eval.nonlinear.pool=min"])

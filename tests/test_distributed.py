@@ -421,6 +421,49 @@ def test_every_stateful_method_runs_the_chained_stages_on_two_processes(tmp_path
         assert 15.0 < summary["stages"][stage]["top1"] <= 100.0
 
 
+PRETEXT_HEADS = {"rotnet": "rotation_classifier.", "jigsaw": "classifier.", "relative_loc": "classifier.",
+                 "exemplar": "classifier."}
+
+
+@pytest.mark.parametrize("method", sorted(PRETEXT_HEADS))
+def test_pretext_methods_resume_on_two_processes_and_feed_the_probes(tmp_path, cifar_root, method):
+    """Each pretext task on two gloo processes: one epoch, then a second run
+    resumed from that epoch's checkpoint that goes on to epoch 2 and through
+    kNN, the linear probe and the rotation probe. The resumed run counts its
+    steps on from epoch 1 and keeps training the pretext head."""
+    import json
+    import shutil
+
+    common = [f"method={method}", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "data.subset=1024",
+              "data.test_subset=500", "eval.random_baseline=false", "monitor.knn_every_n_epochs=0"]
+    if method == "exemplar":
+        common += ["method.num_exemplars=256", "method.samples_per_exemplar=4"]
+    first = _cli([*common, "pipeline=pretrain", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'one'}"],
+                 tmp_path, cifar_root.parent)
+    assert first.returncode == 0, first.stderr[-3000:]
+    epoch1 = tmp_path / "one" / "pretrain" / "checkpoints" / "last.ckpt"
+    resumed = tmp_path / "two" / "pretrain" / "checkpoints"
+    resumed.mkdir(parents=True)
+    shutil.copy(epoch1, resumed / "last.ckpt")
+    second = _cli([*common, "trainer.max_epochs=2", "pipeline.stages=[pretrain,knn,linear,probe_rotation]",
+                   "eval.probe.train_images=500", "eval.probe.epochs=10", f"hydra.run.dir={tmp_path / 'two'}"],
+                  tmp_path, cifar_root.parent)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    pretrain = summary["stages"]["pretrain"]
+    assert (summary["processes"], pretrain["epochs"]) == (2, 2)
+    assert pretrain["resumed_from"] == "pretrain/checkpoints/last.ckpt"
+    for stage in ("knn", "linear"):
+        assert 15.0 < summary["stages"][stage]["top1"] <= 100.0
+    assert 25.0 < summary["stages"]["probe_rotation"]["top1"] <= 100.0  # four rotations: chance is 25 %
+
+    before = torch.load(epoch1, map_location="cpu", weights_only=True)
+    after = torch.load(resumed / "last.ckpt", map_location="cpu", weights_only=True)
+    assert after["global_step"] == 2 * before["global_step"] > 0  # 1,024 images (exemplar: 1,024 showings) / 256
+    head = [k for k in before["state_dict"] if k.startswith(PRETEXT_HEADS[method])]
+    assert head and any(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in head)
+
+
 def test_two_nodes_on_localhost_through_torchrun(tmp_path, cifar_root):
     """The README's multi-node launch, both "nodes" on 127.0.0.1: one torchrun
     per node, one process each."""

@@ -320,6 +320,34 @@ def test_jigsaw_method_feeds_each_image_nine_tiles_to_one_tower(cifar_root, tmp_
     assert out.features.shape == (4, module.feature_dim) and 0 < float(out.loss) < 2 * math.log(100)
 
 
+def test_dataset_normalised_tiles_are_the_raw_tiles_with_the_data_sets_mean_and_std(cifar_root, tmp_path,
+                                                                                     monkeypatch):
+    """method.tile_normalization=dataset: no per-tile standardisation, the
+    evaluation's (x - mean) / std instead, the same puzzle otherwise."""
+    from conftest import compose_config
+
+    from ssl_runner.errors import UserError
+    from ssl_runner.methods import build_method
+
+    monkeypatch.setenv("SSL_RUNNER_CACHE", str(tmp_path))
+    overrides = ["method=jigsaw", "method.permutations=100", "experiment=smoke", f"data.root={cifar_root}"]
+    cfg = compose_config(overrides + ["method.tile_normalization=dataset"])
+    per_tile = build_method(compose_config(overrides), 10, 64).recipe
+    dataset = build_method(cfg, 10, 64).recipe
+    assert dataset.tiles.normalize_tiles is False and per_tile.mean is None
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    tiles, labels = dataset.views(images, generator=torch.Generator().manual_seed(3))
+    standardised, same_labels = per_tile.views(images, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(labels, same_labels)
+    mean = torch.tensor(list(cfg.data.mean)).view(3, 1, 1)
+    std = torch.tensor(list(cfg.data.std)).view(3, 1, 1)
+    raw = tiles * std + mean
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # [0, 1] pixels before the normalisation
+    torch.testing.assert_close(standardize_tiles(raw), standardised, atol=1e-3, rtol=1e-3)
+    with pytest.raises(UserError, match="tile_normalization"):
+        compose_config(overrides + ["method.tile_normalization=image"])
+
+
 @pytest.mark.integration
 def test_jigsaw_smoke_run_completes(cifar_root, tmp_path):
     """The issue's command: exit 0 and a complete summary, the puzzle accuracy logged."""

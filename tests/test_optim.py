@@ -17,6 +17,7 @@ from ssl_runner.optim import (
     constant_factor,
     scale_lr,
     split_decay_groups,
+    steps_factor,
     warmup_cosine_factor,
 )
 
@@ -229,6 +230,44 @@ def test_constant_factor():
     assert constant_factor(4, total_steps=100, warmup_steps=4) == 1.0
     assert constant_factor(99, total_steps=100, warmup_steps=4) == 1.0
     assert constant_factor(0, total_steps=100, warmup_steps=0) == 1.0
+
+
+def test_steps_factor_hand_values():
+    def factor(step: int) -> float:
+        return steps_factor(step, total_steps=20, warmup_steps=4, warmup_start_ratio=0.2, milestones=(6, 10),
+                            gamma=0.5)
+
+    assert [factor(s) for s in (0, 2, 4, 5)] == pytest.approx([0.2, 0.6, 1.0, 1.0])  # 0.2 + 0.8 * s / 4
+    assert [factor(s) for s in (6, 9, 10, 19, 100)] == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.25])
+    # No milestones: the constant schedule; a milestone inside the warmup multiplies it.
+    assert steps_factor(7, total_steps=20, warmup_steps=0) == 1.0
+    assert steps_factor(1, total_steps=20, warmup_steps=4, milestones=(0,), gamma=0.1) == pytest.approx(0.025)
+
+
+def test_steps_schedule_of_the_rotnet_recipe_drops_at_its_epochs():
+    """experiment=rotnet_cifar10: lr 0.1 at batch 128, x0.2 at epochs 60, 120,
+    160, stepped per batch (10 steps per epoch here)."""
+    from types import SimpleNamespace
+
+    from conftest import compose_config
+
+    from ssl_runner.methods import build_method
+
+    cfg = compose_config(["experiment=rotnet_cifar10", "backbone.width=0.05", "trainer=cpu"])
+    method = build_method(cfg, num_classes=10)
+    method._trainer = SimpleNamespace(estimated_stepping_batches=2000, max_epochs=200, world_size=1)
+    conf = method.configure_optimizers()
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+    assert optimizer.param_groups[0]["weight_decay"] == 5e-4  # on every parameter, BatchNorm's too
+    expected = {0: 0.1, 599: 0.1, 600: 0.02, 1199: 0.02, 1200: 0.004, 1599: 0.004, 1600: 0.0008, 1999: 0.0008}
+    seen = {}
+    for step in range(2000):
+        if step in expected:
+            seen[step] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx(expected)
 
 
 def _two_peak_sgd() -> torch.optim.Optimizer:

@@ -181,7 +181,7 @@ def test_each_scale_fits_and_makes_pairs(scale):
     geometry = SCALES[scale]
     assert pairs.layout_size <= geometry["image_size"]
     assert pairs.gap >= 2 * pairs.jitter
-    source = 32 if scale == "cifar" else 96
+    source = 32 if scale.startswith("cifar") else 96
     images = torch.randint(0, 256, (4, 3, source, source), dtype=torch.uint8)
     centre, neighbour, labels = pairs(images, generator=torch.Generator().manual_seed(8))
     p = geometry["patch_size"]
@@ -189,6 +189,15 @@ def test_each_scale_fits_and_makes_pairs(scale):
     assert math.isfinite(float(centre.sum())) and math.isfinite(float(neighbour.sum()))
     with pytest.raises(ValueError, match="unknown relative-location scale"):
         RelativeLocationPairs.from_scale("mnist")
+
+
+def test_the_cifar_geometries_keep_the_papers_proportions():
+    """Both CIFAR presets: 7 CIFAR pixels a patch, the paper's gap of half a
+    patch, at 3x ("cifar") and 2x ("cifar64", a run at data.image_size=64)."""
+    for scale, factor in (("cifar", 3), ("cifar64", 2)):
+        g = SCALES[scale]
+        assert g["image_size"] == 32 * factor and g["patch_size"] // factor == 7 and 2 * g["gap"] == g["patch_size"]
+        assert RelativeLocationPairs.from_scale(scale).layout_size <= g["image_size"]
 
 
 # ---- the method ------------------------------------------------------------------------

@@ -23,17 +23,22 @@ from ssl_runner.errors import UserError
 
 class PretrainDataset(Dataset):
     """Images with their labels and sample indices (NPID-style methods need the
-    index); with a `recipe`, each item is `num_views` views made here."""
+    index); with a `recipe`, each item is `num_views` views made here. With
+    `repeats` > 1 an epoch shows every image that many times (Exemplar-CNN's
+    seeds); the index is still the image's position in `images`."""
 
-    def __init__(self, images: ImageSet, recipe: Optional[ViewRecipe] = None, num_views: int = 2) -> None:
+    def __init__(self, images: ImageSet, recipe: Optional[ViewRecipe] = None, num_views: int = 2,
+                 repeats: int = 1) -> None:
         self.images = images
         self.recipe = recipe
         self.num_views = num_views
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) * self.repeats
 
     def __getitem__(self, index: int) -> Tuple[Any, Tensor, int]:
+        index = index % len(self.images)
         image = self.images.image(index)
         label = self.images.labels[index]
         if self.recipe is None:
@@ -49,7 +54,7 @@ class InMemoryBatches(PretrainDataset):
 
     def __getitems__(self, indices: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
         assert self.images.images is not None
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long) % len(self.images)
         return self.images.images[idx], self.images.labels[idx], idx
 
 
@@ -91,11 +96,12 @@ def loader_kwargs(cfg: DataConfig) -> dict:
 
 
 def pretrain_loader(
-    cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, num_views: int, world_size: int = 1
+    cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, num_views: int, world_size: int = 1, repeats: int = 1
 ) -> DataLoader:
-    """Shuffled, last incomplete batch dropped (NT-Xent and BatchNorm want full batches)."""
+    """Shuffled, last incomplete batch dropped (NT-Xent and BatchNorm want full
+    batches); each image `repeats` times an epoch."""
     global_batch = cfg.batch_size * world_size
-    if len(images) < global_batch:
+    if len(images) * repeats < global_batch:
         raise UserError(
             f"the global batch ({cfg.batch_size} per device x {world_size} device(s) = {global_batch}) is "
             f"larger than the training set ({len(images)} images), so an epoch would hold no batch "
@@ -108,9 +114,9 @@ def pretrain_loader(
             "Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made per image)."
         )
     if cfg.views_on == "device" and images.images is not None:
-        return DataLoader(InMemoryBatches(images, None, num_views), batch_size=cfg.batch_size, shuffle=True,
-                          drop_last=True, collate_fn=already_collated, **loader_kwargs(cfg))
-    dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views)
+        return DataLoader(InMemoryBatches(images, None, num_views, repeats), batch_size=cfg.batch_size,
+                          shuffle=True, drop_last=True, collate_fn=already_collated, **loader_kwargs(cfg))
+    dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views, repeats)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **loader_kwargs(cfg))
 
 

@@ -60,6 +60,11 @@ SCALES: Mapping[str, Mapping[str, int]] = {
     # layout takes 94 of the 96 px: CIFAR objects fill the frame. Two 22-px
     # patches cost fewer pixels than two 32-px SimCLR views.
     "cifar": {"image_size": 96, "patch_size": 22, "gap": 11, "jitter": 3},
+    # CIFAR upsampled 2x (or a run at data.image_size=64, whose evaluation
+    # then sees images at the scale the towers were trained at): 14-px
+    # patches (7 CIFAR pixels, as "cifar"), the paper's gap of half a patch,
+    # jitter 2; the layout takes 60 of the 64 px.
+    "cifar64": {"image_size": 64, "patch_size": 14, "gap": 7, "jitter": 2},
     # 96-px images (STL-10) and larger ones resized to a 96-px short side: the
     # paper's gap of half a patch, jitter a tenth of a patch (the paper's 7/96),
     # the layout 84 px, 7/8 of the side.

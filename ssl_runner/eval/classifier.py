@@ -1,5 +1,6 @@
 """Supervised evaluation on a pretrained encoder: the linear probe (on cached
-features or on augmented images) and fine-tuning."""
+features or on augmented images), fine-tuning, and RotNet's non-linear
+classifier on a frozen feature map (`head=`, eval/nonlinear.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from ssl_runner.optim import build_optimizer, build_scheduler
 
 
 class Classifier(L.LightningModule):
-    """A linear layer over features, which come precomputed (`encoder=None`),
-    from a frozen encoder (linear probe on augmented images) or from an encoder
-    trained with it (`train_encoder=True`, fine-tuning).
+    """A linear layer (or `head`) over features, which come precomputed
+    (`encoder=None`), from a frozen encoder (linear probe on augmented images,
+    the non-linear classifier) or from an encoder trained with it
+    (`train_encoder=True`, fine-tuning).
 
     Test accuracy is measured once, after the last epoch (never the best
     epoch on the test split).
@@ -34,6 +36,7 @@ class Classifier(L.LightningModule):
         recipe: Optional[ViewRecipe] = None,
         mean: Optional[List[float]] = None,
         std: Optional[List[float]] = None,
+        head: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.stage = stage
@@ -41,7 +44,8 @@ class Classifier(L.LightningModule):
         self.train_encoder = train_encoder
         self.recipe = recipe
         self.mean, self.std = mean, std
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.num_classes = num_classes
+        self.head = head if head is not None else nn.Linear(feature_dim, num_classes)
         if encoder is not None and not train_encoder:
             encoder.requires_grad_(False)
         self._test_correct: Dict[int, List[Tensor]] = {1: [], 5: []}
@@ -81,7 +85,7 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x, labels = batch
-        top5 = self(x).topk(min(5, self.head.out_features), dim=1).indices
+        top5 = self(x).topk(min(5, self.num_classes), dim=1).indices
         self._test_correct[1].append((top5[:, 0] == labels).float())
         self._test_correct[5].append((top5 == labels[:, None]).any(1).float())
 

@@ -112,6 +112,22 @@ class BaseMethod(L.LightningModule):
         return {name: m for name, m in self.named_children() if name != "online_probe"}
 
     # ---- data ---------------------------------------------------------------------
+    @classmethod
+    def pretrain_subset(cls, cfg: DictConfig, num_images: int) -> Optional[Tensor]:
+        """The sorted indices of the training images that pretraining iterates
+        over, or None for all of them; the evaluation stages and the kNN
+        monitor always use the whole split. The method is built with
+        `num_samples` = the subset's size, and the `indices` of its batches
+        are positions in the subset (Exemplar-CNN: its surrogate classes).
+        A function of `cfg` and `num_images` only, so that every rank, and a
+        resumed run, gets the same subset."""
+        return None
+
+    @classmethod
+    def pretrain_repeats(cls, cfg: DictConfig) -> int:
+        """How many times a pretraining epoch shows each image (with fresh views each time)."""
+        return 1
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, indices = batch
         if self.trainer.training:
@@ -253,6 +269,8 @@ class BaseMethod(L.LightningModule):
             optimizer, sched_cfg.name, total_steps=total_steps,
             warmup_steps=int(round(sched_cfg.warmup_epochs * steps_per_epoch)),
             warmup_start_ratio=sched_cfg.warmup_start_ratio, final_ratio=sched_cfg.final_ratio,
+            milestones=[int(round(epoch * steps_per_epoch)) for epoch in sched_cfg.milestones],
+            gamma=sched_cfg.gamma,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ssl_runner.data.jigsaw import JigsawTiles, cached_permutation_set
-from ssl_runner.data.views import ViewRecipe, to_unit_float
+from ssl_runner.data.views import ViewRecipe, normalize, to_unit_float
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.heads import MLPHead
@@ -35,6 +35,11 @@ class JigsawConfig:
     # views.crop_scale (the paper: a 225-px crop of a 256-px image, 77 %; a
     # small crop would leave tiles of a few source pixels).
     crop_scale: List[float] = field(default_factory=lambda: [0.6, 1.0])
+    # "per_tile": each channel of each tile standardised on its own (the
+    # paper's guard, Table 5); "dataset": the data set's mean and std, as the
+    # evaluation stages normalise whole images (the towers then see inputs
+    # with the statistics their BatchNorm layers meet at evaluation).
+    tile_normalization: str = "per_tile"
 
 
 class JigsawPuzzles:
@@ -43,8 +48,12 @@ class JigsawPuzzles:
     `views(images, count)` interface as a ViewRecipe (so puzzles are made in
     the loaders' workers or batched on the device alike)."""
 
-    def __init__(self, recipe: ViewRecipe, tiles: JigsawTiles) -> None:
+    def __init__(self, recipe: ViewRecipe, tiles: JigsawTiles, mean: Optional[List[float]] = None,
+                 std: Optional[List[float]] = None) -> None:
+        """`mean` and `std`: normalise the tiles with them (the tiles must then
+        not be standardised on their own)."""
         self.recipe, self.tiles = recipe, tiles
+        self.mean, self.std = mean, std
 
     def views(self, images: Tensor, count: int = 2, generator: torch.Generator | None = None) -> List[Tensor]:
         images = to_unit_float(images)
@@ -53,6 +62,8 @@ class JigsawPuzzles:
         for augmentation in self.recipe.augmentations:  # unnormalised: each tile is normalised on its own
             images = augmentation.apply(images, params[augmentation.name])
         tiles, labels = self.tiles(images, generator)
+        if self.mean is not None:
+            tiles = normalize(tiles.flatten(0, 1), self.mean, self.std).view_as(tiles)
         return [tiles, labels]
 
 
@@ -69,10 +80,13 @@ class Jigsaw(BaseMethod):
         super().__init__(cfg, num_classes, num_samples)
         m = cfg.method
         permutations = cached_permutation_set(m.permutations, 9, m.permutation_seed)
-        tiles = JigsawTiles.for_image_side(permutations, cfg.data.image_size, grayscale_p=m.grayscale_p)
+        per_tile = m.tile_normalization == "per_tile"
+        tiles = JigsawTiles.for_image_side(permutations, cfg.data.image_size, grayscale_p=m.grayscale_p,
+                                           normalize_tiles=per_tile)
         # Crop and flip only: the puzzle brings its own colour treatment.
         recipe = view_recipe_from_config(cfg, jitter_p=0.0, grayscale_p=0.0, crop_scale=tuple(m.crop_scale))
-        self.recipe = JigsawPuzzles(recipe, tiles)
+        dataset_stats = (None, None) if per_tile else (list(cfg.data.mean), list(cfg.data.std))
+        self.recipe = JigsawPuzzles(recipe, tiles, *dataset_stats)
         concat = 9 * self.feature_dim
         self.classifier = MLPHead([concat, m.hidden_dim or concat, m.permutations])
 

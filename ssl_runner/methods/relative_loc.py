@@ -22,7 +22,8 @@ from ssl_runner.models.heads import MLPHead
 class RelativeLocConfig:
     name: str = "relative_loc"
     # Patch geometry preset of data/relative_location.py: "cifar" (32-px
-    # images upsampled 3x: 22-px patches, gap 11, jitter 3), "96px", "imagenet"
+    # images upsampled 3x: 22-px patches, gap 11, jitter 3), "cifar64" (2x:
+    # 14-px patches, gap 7, jitter 2), "96px", "imagenet"
     # (the paper's 96-px patches, gap 48, jitter 7).
     scale: str = "cifar"
     # Against the chromatic-aberration shortcut (Sec. 4.2): "project" out the

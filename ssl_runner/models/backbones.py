@@ -1,21 +1,29 @@
-"""Backbones: torchvision's ResNets, with the CIFAR stem and a width multiplier.
+"""Backbones: torchvision's ResNets, with the CIFAR stem and a width multiplier,
+and RotNet's Network-In-Network (models/nin.py), chosen by `backbone.name`.
 
 The network is assembled from torchvision's own `BasicBlock` and `Bottleneck`
 in torchvision's layout (`conv1`, `bn1`, `layer1`..`layer4`), so at width 1 a
 ResNet-18/34/50 has exactly torchvision's parameters and state-dict keys, minus
 the classifier `fc`: the backbone ends at the global average pool and returns
 the representation h.
+
+Every backbone offers the same interface: `forward(x, upto)` (pooled features
+of a stage), `feature_map(x, upto)` (the stage's unpooled map), `stage_names`,
+`stage_dims`, `feature_dim`, `truncated(upto)` and `use_channels_last`.
 """
 
 from __future__ import annotations
 
-from typing import List, Type, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Type, Union
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ssl_runner.config import BackboneConfig
+from ssl_runner.config import BackboneConfig, is_nin
+
+if TYPE_CHECKING:
+    from ssl_runner.models.nin import NetworkInNetwork
 
 # depth -> (block, blocks per stage); 10 is the one-block-per-stage variant.
 RESNET_LAYOUTS = {
@@ -33,6 +41,8 @@ Block = Type[Union[BasicBlock, Bottleneck]]
 
 class ResNet(nn.Module):
     """A torchvision ResNet without `fc`; `forward` returns pooled features."""
+
+    stage_names = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self,
@@ -59,6 +69,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = widths[3] * block.expansion
+        self.stage_dims: Dict[str, int] = {name: w * block.expansion for name, w in zip(self.stage_names, widths)}
         self.channels_last = False
 
         for m in self.modules():  # torchvision's initialisation
@@ -92,22 +103,28 @@ class ResNet(nn.Module):
         self.channels_last = enabled
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
-    def forward(self, x: Tensor, upto: str = "layer4") -> Tensor:
-        """Globally average-pooled features after stage `upto` (`layer1` to
-        `layer4`; the representation h is after `layer4`)."""
+    def feature_map(self, x: Tensor, upto: str = "layer4") -> Tensor:
+        """The unpooled output of stage `upto` (`layer1` to `layer4`)."""
+        if upto not in self.stage_names:
+            raise ValueError(f"unknown backbone stage '{upto}' (one of {', '.join(self.stage_names)})")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for name in STAGE_NAMES[:STAGE_NAMES.index(upto) + 1]:
+        for name in self.stage_names[:self.stage_names.index(upto) + 1]:
             x = getattr(self, name)(x)
-        return torch.flatten(self.avgpool(x), 1)
+        return x
+
+    def forward(self, x: Tensor, upto: str = "layer4") -> Tensor:
+        """Globally average-pooled features after stage `upto` (`layer1` to
+        `layer4`; the representation h is after `layer4`)."""
+        return torch.flatten(self.avgpool(self.feature_map(x, upto)), 1)
 
     def truncated(self, upto: str) -> "TruncatedBackbone":
         """This backbone evaluated at an intermediate stage (eval.feature_layer)."""
         return TruncatedBackbone(self, upto)
 
 
-STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
+STAGE_NAMES = ResNet.stage_names
 
 
 class TruncatedBackbone(nn.Module):
@@ -116,24 +133,39 @@ class TruncatedBackbone(nn.Module):
     last layers specialise in the pretext, so an earlier block often
     transfers better; RotNet Sec. 3.1)."""
 
-    def __init__(self, backbone: ResNet, upto: str) -> None:
+    def __init__(self, backbone: "Backbone", upto: str) -> None:
         super().__init__()
-        if upto not in STAGE_NAMES:
-            raise ValueError(f"unknown backbone stage '{upto}' (one of {', '.join(STAGE_NAMES)})")
+        if upto not in backbone.stage_names:
+            raise ValueError(f"unknown backbone stage '{upto}' (one of {', '.join(backbone.stage_names)})")
         self.backbone, self.upto = backbone, upto
-        block = getattr(backbone, upto)[-1]  # the stage's last block sets its width
-        self.feature_dim = (block.bn3 if isinstance(block, Bottleneck) else block.bn2).num_features
+        self.stage_names = backbone.stage_names[:backbone.stage_names.index(upto) + 1]
+        self.stage_dims = {name: backbone.stage_dims[name] for name in self.stage_names}
+        self.feature_dim = backbone.stage_dims[upto]
 
     def use_channels_last(self, enabled: bool = True) -> "TruncatedBackbone":
         self.backbone.use_channels_last(enabled)
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x, upto=self.upto)
+    def feature_map(self, x: Tensor, upto: Optional[str] = None) -> Tensor:
+        return self.backbone.feature_map(x, upto or self.upto)
+
+    def forward(self, x: Tensor, upto: Optional[str] = None) -> Tensor:
+        return self.backbone(x, upto=upto or self.upto)
+
+    def truncated(self, upto: str) -> "TruncatedBackbone":
+        return TruncatedBackbone(self.backbone, upto)
 
 
-def build_backbone(cfg: BackboneConfig, image_size: int) -> ResNet:
-    """The backbone that `cfg` names, for images of side `image_size`."""
+Backbone = Union[ResNet, "NetworkInNetwork"]
+
+
+def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
+    """The backbone that `cfg` names, for images of side `image_size`: a
+    NetworkInNetwork for `nin` (or `nin_*`), else a ResNet of `cfg.depth`."""
+    if is_nin(cfg.name):
+        from ssl_runner.models.nin import NetworkInNetwork
+
+        return NetworkInNetwork(num_blocks=cfg.num_blocks, width=cfg.width)
     block, layers = RESNET_LAYOUTS[cfg.depth]
     cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else image_size <= CIFAR_STEM_MAX_SIZE
     return ResNet(

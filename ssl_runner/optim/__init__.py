@@ -8,7 +8,8 @@ import torch
 
 from ssl_runner.optim.lars import LARS
 from ssl_runner.optim.param_groups import LR_SCALING_RULES, scale_lr, split_decay_groups
-from ssl_runner.optim.schedules import SCHEDULES, build_scheduler, constant_factor, warmup_cosine_factor
+from ssl_runner.optim.schedules import (SCHEDULES, build_scheduler, constant_factor, steps_factor,
+                                        warmup_cosine_factor)
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 
@@ -35,4 +36,4 @@ def build_optimizer(name: str, param_groups: List[Dict[str, Any]], lr: float, mo
 
 
 __all__ = ["LARS", "LR_SCALING_RULES", "OPTIMIZERS", "SCHEDULES", "build_optimizer", "build_scheduler",
-           "constant_factor", "scale_lr", "split_decay_groups", "warmup_cosine_factor"]
+           "constant_factor", "scale_lr", "split_decay_groups", "steps_factor", "warmup_cosine_factor"]

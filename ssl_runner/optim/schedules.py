@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-SCHEDULES = ("warmup_cosine", "constant")
+SCHEDULES = ("warmup_cosine", "constant", "steps")
 
 
 def _linear_warmup(step: int, warmup_steps: int, warmup_start_ratio: float) -> float:
@@ -36,8 +37,20 @@ def constant_factor(step: int, total_steps: int, warmup_steps: int, warmup_start
     return _linear_warmup(step, warmup_steps, warmup_start_ratio) if step < warmup_steps else 1.0
 
 
+def steps_factor(step: int, total_steps: int, warmup_steps: int, warmup_start_ratio: float = 0.0,
+                 milestones: Sequence[int] = (), gamma: float = 0.1) -> float:
+    """Step decay (He et al. 2016; RotNet's x0.2 at epochs 60, 120, 160):
+    `gamma` to the power of the milestones (optimizer steps) reached, times
+    the linear warmup while it lasts. Stepped per optimizer step, so with
+    milestones at epoch boundaries this is torch's MultiStepLR stepped per
+    epoch."""
+    factor = gamma ** sum(step >= m for m in milestones)
+    return factor * (_linear_warmup(step, warmup_steps, warmup_start_ratio) if step < warmup_steps else 1.0)
+
+
 def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_steps: int,
-                    warmup_start_ratio: float = 0.0, final_ratio: float = 0.0) -> LambdaLR:
+                    warmup_start_ratio: float = 0.0, final_ratio: float = 0.0,
+                    milestones: Sequence[int] = (), gamma: float = 0.1) -> LambdaLR:
     """A LambdaLR applying the same factor to every param group (but those
     marked `fixed_lr`), so each group's own lr (backbone, head, online probe)
     is its peak."""
@@ -47,6 +60,9 @@ def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_st
     elif name == "constant":
         factor = partial(constant_factor, total_steps=total_steps, warmup_steps=warmup_steps,
                          warmup_start_ratio=warmup_start_ratio)
+    elif name == "steps":
+        factor = partial(steps_factor, total_steps=total_steps, warmup_steps=warmup_steps,
+                         warmup_start_ratio=warmup_start_ratio, milestones=tuple(milestones), gamma=gamma)
     else:
         raise ValueError(f"unknown schedule '{name}'; use one of {', '.join(SCHEDULES)}")
     # A group marked fixed_lr keeps its lr throughout (SimSiam's predictor, Sec. 4.4).

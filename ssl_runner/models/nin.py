@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
-from ssl_runner.models.backbones import TruncatedBackbone
+from ssl_runner.models.backbones import StagedBackbone
 
 MIN_BLOCKS = 3
 
@@ -40,7 +39,7 @@ class ConvBNReLU(nn.Sequential):
         self.relu = nn.ReLU(inplace=True)
 
 
-class NetworkInNetwork(nn.Module):
+class NetworkInNetwork(StagedBackbone):
     """The NIN without its classifier; `forward` returns globally average-pooled
     features of a block, `feature_map` the block's map itself."""
 
@@ -74,30 +73,16 @@ class NetworkInNetwork(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def use_channels_last(self, enabled: bool = True) -> "NetworkInNetwork":
-        """NHWC weights and inputs (trainer.channels_last); numerically the same."""
-        self.channels_last = enabled
-        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
-
     def feature_map(self, x: Tensor, upto: Optional[str] = None) -> Tensor:
         """The unpooled output of block `upto` (default: the last block)."""
         upto = upto or self.stage_names[-1]
-        if upto not in self.stage_names:
-            raise ValueError(f"unknown backbone stage '{upto}' (one of {', '.join(self.stage_names)})")
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        for name in self.stage_names[:self.stage_names.index(upto) + 1]:
-            x = getattr(self, name)(x)
-        return x
+        self.check_stage(upto)
+        return self.run_stages(self.as_input(x), upto)
 
     def forward(self, x: Tensor, upto: Optional[str] = None) -> Tensor:
         """Globally average-pooled features after block `upto` (default: the
         last block, the representation the rotation classifier reads)."""
         return self.feature_map(x, upto).mean((2, 3))
-
-    def truncated(self, upto: str) -> TruncatedBackbone:
-        """This backbone evaluated at an intermediate block (eval.feature_layer)."""
-        return TruncatedBackbone(self, upto)
 
 
 __all__ = ["ConvBNReLU", "NetworkInNetwork"]

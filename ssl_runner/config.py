@@ -385,7 +385,8 @@ METHOD_CHOICES: Dict[str, List[str]] = {
     "momentum_schedule": ["constant", "cosine"],
     "chromatic_guard": ["none", "drop_channels", "project"],  # relative_loc
     "scale": ["cifar", "cifar64", "96px", "imagenet"],  # relative_loc's patch geometry
-    "tile_normalization": ["per_tile", "dataset"],  # jigsaw
+    "tile_normalization": ["per_tile", "dataset"],  # jigsaw, pirl
+    "mask": ["centre", "random_block", "random_region"],  # context_encoder
 }
 
 
@@ -396,6 +397,11 @@ def _check_values(cfg: DictConfig) -> None:
             raise UserError(f"config key 'method.{key}' is '{value}', which is not one of: {', '.join(allowed)}.")
     _check_backbone(cfg)
     _check_optimisation(cfg)
+    interpolations = cfg.method.get("interpolations")  # counting
+    allowed_modes = ("bilinear", "bicubic", "area", "nearest")
+    if interpolations is not None and (not interpolations or any(str(i) not in allowed_modes for i in interpolations)):
+        raise UserError(f"config key 'method.interpolations' is {list(interpolations)}; it needs one or more of: "
+                        f"{', '.join(allowed_modes)} (e.g. method.interpolations=[bilinear,bicubic]).")
     augmentations = cfg.method.get("augmentations")
     if augmentations is not None:
         from ssl_runner.data.leave_one_out import ATOMIC_AUGMENTATIONS

@@ -134,6 +134,17 @@ def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int
 
 # ---- stages --------------------------------------------------------------------------
 
+# Test images the pretext methods' image grids show.
+ARTIFACT_IMAGES = 8
+
+
+def _spread_images(images: ImageSet, count: int) -> torch.Tensor:
+    """`count` evenly spaced images of a split (a class-ordered test split then
+    shows several classes) as one uint8 batch, at the data's load size."""
+    count = min(count, len(images))
+    return torch.stack([images.image(i * len(images) // count) for i in range(count)])
+
+
 def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     cfg = ctx.cfg
     world_size = distributed.world_size()
@@ -142,6 +153,7 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     subset = method_cls.pretrain_subset(cfg, len(ctx.train_images))
     images = ctx.train_images if subset is None else ctx.train_images.select(subset)
     method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0, len(images))
+    method.fit_statistics(images)
     if cfg.trainer.sync_batchnorm:
         convert_batchnorm(method, distributed.local_device(cfg.trainer.accelerator).type)
     if cfg.trainer.compile:
@@ -157,8 +169,10 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
     trainer, metrics = _fit(ctx, "pretrain", method, cfg.trainer.max_epochs, train, val,
                             check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
     encoder = ctx.run_dir / "pretrain" / "encoder.pt"
+    artifacts: List[str] = []
     if distributed.is_main_process():
         method.export_encoder(encoder)
+        artifacts = method.save_artifacts(ctx.run_dir / "pretrain", _spread_images(ctx.test_images, ARTIFACT_IMAGES))
     distributed.barrier()  # the next stage loads it on every rank
     result = {
         "epochs": trainer.current_epoch,
@@ -174,6 +188,8 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
         "checkpoint": "pretrain/checkpoints/last.ckpt",
         "encoder": "pretrain/encoder.pt",
     }
+    if artifacts:
+        result["artifacts"] = [f"pretrain/{name}" for name in artifacts]
     if subset is not None:
         result.update(pretrain_images=len(images), samples_per_epoch=len(train.dataset))
     return {k: v for k, v in result.items() if v is not None}

@@ -422,7 +422,8 @@ def test_every_stateful_method_runs_the_chained_stages_on_two_processes(tmp_path
 
 
 PRETEXT_HEADS = {"rotnet": "rotation_classifier.", "jigsaw": "classifier.", "relative_loc": "classifier.",
-                 "exemplar": "classifier."}
+                 "exemplar": "classifier.", "colorization": "colour_decoder.", "context_encoder": "decoder.",
+                 "counting": "count_head.", "pirl": "jigsaw_head."}
 
 
 @pytest.mark.parametrize("method", sorted(PRETEXT_HEADS))

@@ -10,6 +10,7 @@ from ssl_runner.losses.contrastive import (
     normalized_mse_loss,
 )
 from ssl_runner.losses.nt_xent import nt_xent_loss
+from ssl_runner.losses.pretext import counting_loss, memory_bank_nce, pirl_loss
 
 __all__ = ["nt_xent_loss", "info_nce_loss", "negative_cosine_loss", "normalized_mse_loss", "nce_loss",
-           "looc_masks", "leave_one_out_info_nce", "looc_loss"]
+           "looc_masks", "leave_one_out_info_nce", "looc_loss", "counting_loss", "memory_bank_nce", "pirl_loss"]

@@ -4,7 +4,10 @@ Importing this package registers every method.
 """
 
 # In the order of the README's methods table.
-from ssl_runner.methods import simclr, moco, simsiam, byol, npid, looc, rotnet, jigsaw, relative_loc, exemplar  # noqa: F401,I001  (each registers itself)
+from ssl_runner.methods import (  # noqa: F401,I001  (each registers itself)
+    simclr, moco, simsiam, byol, npid, looc, rotnet, jigsaw, relative_loc, exemplar, colorization, context_encoder,
+    counting, pirl,
+)
 from ssl_runner.methods.base import BaseMethod
 from ssl_runner.methods.registry import METHODS
 

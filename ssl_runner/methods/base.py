@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ssl_runner import distributed
 from ssl_runner.config import to_plain
+from ssl_runner.data.datasets import ImageSet
 from ssl_runner.data.views import ViewRecipe, eval_view
 from ssl_runner.eval.knn import knn_top1
 from ssl_runner.models.backbones import build_backbone
@@ -102,6 +103,19 @@ class BaseMethod(L.LightningModule):
     # ---- what a method implements -------------------------------------------------
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
         raise NotImplementedError
+
+    def fit_statistics(self, images: "ImageSet") -> None:
+        """Called once before pretraining with the images it iterates over, for
+        what a method estimates from the training set (colorization's
+        class-rebalancing weights). Keep results in buffers: a resumed run
+        gets them back from the checkpoint."""
+
+    def save_artifacts(self, out_dir: Path, images: Tensor) -> List[str]:
+        """After pretraining, on the main process: write what shows the
+        pretext task's output for `images` (8 evenly spaced test images, uint8
+        N x 3 x H x W) into `out_dir` (the pretrain stage's folder) and return
+        the files' names (colorization and context encoder: image grids)."""
+        return []
 
     def make_views(self, images: Tensor) -> List[Tensor]:
         """The training views of a uint8 batch, made on the model's device."""

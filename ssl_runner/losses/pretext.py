@@ -29,7 +29,8 @@ def counting_loss(counts_downsampled: Tensor, counts_other: Tensor, counts_tiles
 def memory_bank_nce(embeddings: Tensor, bank: Tensor, indices: Tensor, temperature: float,
                     negatives: Optional[Tensor] = None) -> Tensor:
     """The contrastive term against a memory bank (PIRL, Misra & van der
-    Maaten 2020, Eq. 4-5, as a softmax): embedding i should match its own
+    Maaten 2020, Eq. 4-5, as a softmax; NPID's exact non-parametric softmax,
+    Wu et al. 2018, Eq. 2, with the whole bank): embedding i should match its own
     image's memory bank[indices[i]] rather than the other entries. With
     `negatives` None the negatives are every other row of the bank (the
     exact softmax, affordable for CIFAR's 50,000 rows); else `negatives`

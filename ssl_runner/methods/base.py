@@ -9,15 +9,18 @@ export that later stages load.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torchvision.io import write_png
+from torchvision.utils import make_grid
 
 from ssl_runner import distributed
 from ssl_runner.config import to_plain
@@ -65,6 +68,14 @@ def view_recipe_from_config(cfg: DictConfig, **overrides: Any) -> ViewRecipe:
         solarize_p=v.solarize_p,
         rotation_p=v.rotation_p,
     ), **overrides})
+
+
+def save_image_grid(rows: Tensor, columns: int, path: Path) -> None:
+    """Images in [0, 1] (N x 3 x H x W, row after row of `columns`) as one
+    PNG with 2 px of white between them (a pretext method's artifact)."""
+    grid = make_grid(rows.detach().float().clamp(0.0, 1.0).cpu(), nrow=columns, padding=2, pad_value=1.0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_png(grid.mul(255).round().to(torch.uint8), str(path))
 
 
 def collapse_std(embeddings: Tensor) -> Tensor:
@@ -116,6 +127,18 @@ class BaseMethod(L.LightningModule):
         N x 3 x H x W) into `out_dir` (the pretrain stage's folder) and return
         the files' names (colorization and context encoder: image grids)."""
         return []
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode (BatchNorm on its running statistics) without gradients,
+        the previous mode restored after (for `save_artifacts`)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
 
     def make_views(self, images: Tensor) -> List[Tensor]:
         """The training views of a uint8 batch, made on the model's device."""

@@ -20,13 +20,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torchvision.utils import make_grid, save_image
 
 from ssl_runner.data.datasets import ImageSet, resize_center_crop
 from ssl_runner.data.lab import (ab_gamut_bins, annealed_mean, empirical_bin_distribution, gray_from_lightness,
                                  lab_to_rgb, rebalanced_cross_entropy, rebalancing_weights, rgb_to_lab, soft_encode)
 from ssl_runner.data.views import ViewRecipe, normalize, to_unit_float
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput, save_image_grid, view_recipe_from_config
 from ssl_runner.methods.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -228,21 +227,16 @@ class Colorization(BaseMethod):
         image's size, Sec. 2.2) and the true images (row 3)."""
         m = self.cfg.method
         size = int(self.cfg.data.image_size)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                rgb = resize_center_crop(to_unit_float(images), size).to(self.centres.device)
-                inputs, _ = colorization_pair(rgb, self.cfg.data.mean, self.cfg.data.std, self.target_size)
-                logits, _ = self.colour_logits(inputs)
-                ab = annealed_mean(torch.softmax(logits.float(), dim=1), self.centres, m.annealed_temperature)
-                ab = F.interpolate(ab, size=(size, size), mode="bilinear", align_corners=False)
-                lightness = rgb_to_lab(rgb)[:, :1]
-                predicted = lab_to_rgb(torch.cat([lightness, ab], dim=1))
-                rows = torch.cat([gray_from_lightness(lightness), predicted, rgb]).float().cpu()
-                save_image(make_grid(rows, nrow=len(rgb), padding=2), Path(out_dir) / GRID_FILE)
-        finally:
-            self.train(was_training)
+        with self.evaluating():
+            rgb = resize_center_crop(to_unit_float(images), size).to(self.centres.device)
+            inputs, _ = colorization_pair(rgb, self.cfg.data.mean, self.cfg.data.std, self.target_size)
+            logits, _ = self.colour_logits(inputs)
+            ab = annealed_mean(torch.softmax(logits.float(), dim=1), self.centres, m.annealed_temperature)
+            ab = F.interpolate(ab, size=(size, size), mode="bilinear", align_corners=False)
+            lightness = rgb_to_lab(rgb)[:, :1]
+            predicted = lab_to_rgb(torch.cat([lightness, ab], dim=1))
+            rows = torch.cat([gray_from_lightness(lightness), predicted, rgb])
+        save_image_grid(rows, len(rgb), Path(out_dir) / GRID_FILE)
         return [GRID_FILE]
 
 

@@ -18,14 +18,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torchvision.io import write_png
-from torchvision.utils import make_grid
 
 from ssl_runner.data.datasets import resize_center_crop
 from ssl_runner.data.masks import MAX_MASKED_FRACTION, draw_mask, masked_l2_loss
 from ssl_runner.data.views import normalize, to_unit_float
 from ssl_runner.errors import UserError
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput, save_image_grid, view_recipe_from_config
 from ssl_runner.methods.registry import register_method
 
 GRID_FILE = "context_encoder_grid.png"
@@ -347,20 +345,12 @@ class ContextEncoder(BaseMethod):
         x = normalize(to_unit_float(resize_center_crop(images, size)).to(device), cfg.data.mean, cfg.data.std)
         generator = torch.Generator().manual_seed(ARTIFACT_MASK_SEED)
         mask = draw_mask(m.mask, len(x), size, size, m.min_region_fraction, generator=generator).to(device)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                context, _, reconstruction = self.inpaint(x, mask)
-                completed = torch.where(mask, reconstruction, x)
-        finally:
-            self.train(was_training)
+        with self.evaluating():
+            context, _, reconstruction = self.inpaint(x, mask)
+            completed = torch.where(mask, reconstruction, x)
         mean = torch.tensor(list(cfg.data.mean), device=device).view(1, 3, 1, 1)
         std = torch.tensor(list(cfg.data.std), device=device).view(1, 3, 1, 1)
-        rows = (torch.cat([context, completed, x]).float() * std + mean).clamp(0.0, 1.0)
-        grid = make_grid(rows.cpu(), nrow=len(x), padding=2, pad_value=1.0)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_png(grid.mul(255).round().to(torch.uint8), str(Path(out_dir) / GRID_FILE))
+        save_image_grid(torch.cat([context, completed, x]).float() * std + mean, len(x), Path(out_dir) / GRID_FILE)
         return [GRID_FILE]
 
 

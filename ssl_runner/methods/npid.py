@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ssl_runner.losses import nce_loss
+from ssl_runner.losses import memory_bank_nce, nce_loss
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.momentum import MemoryBank
@@ -61,7 +61,7 @@ class NPID(BaseMethod):
         bank = self.memory.bank
         if m.noise_samples == 0:
             # A copy: the bank is updated in place below, before the backward pass.
-            loss = F.cross_entropy(f @ bank.clone().T / m.temperature, indices)
+            loss = memory_bank_nce(f, bank.clone(), indices, m.temperature)
             self.memory.update(indices, f, m.bank_momentum)
             return SSLStepOutput(loss=loss, features=h, embeddings=f)
         noise = torch.randint(0, len(bank), (len(f), m.noise_samples), device=f.device)

@@ -1,25 +1,26 @@
 """`python -m ssl_runner method=simclr data=cifar10`: the Hydra entry point.
 
-Composes `conf/`, validates it against the schema, then runs the pipeline in
-Hydra's run folder. Bad input ends with one paragraph and exit status 2.
+Composes `conf/` and runs one job per composed config (ssl_runner/job.py:
+lock, validation, ranks, pipeline). Bad input, Hydra's composition errors
+and an unwritable folder included, ends with one paragraph and exit status 2.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from ssl_runner.errors import EXIT_COLLECTIVE_FAILURE, EXIT_USER_ERROR, UserError
-
-log = logging.getLogger("ssl_runner")
+from ssl_runner.errors import EXIT_USER_ERROR, UserError
+from ssl_runner.safe_io import write_failure, write_failure_paragraph
 
 
 def config_dir() -> str:
@@ -50,6 +51,8 @@ def quiet_lightning() -> None:
     """Lightning's loggers print through their own handlers and announce
     hardware and tips at INFO for every Trainer; route them through ours and
     keep only its warnings (epochs are logged by our progress callback)."""
+    import lightning.pytorch  # noqa: F401  (its import adds the handlers cleared here)
+
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
@@ -57,72 +60,47 @@ def quiet_lightning() -> None:
         logger.setLevel(logging.WARNING)
 
 
-def _discard_empty_run_dir(run_dir: Path) -> None:
-    """A run that failed validation leaves no folder behind, unless the folder
-    holds more than what Hydra wrote for this very call."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "ssl_runner.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        # The default layout's date folder too, if this run was all it held.
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name) and not any(run_dir.parent.iterdir()):
-            run_dir.parent.rmdir()
-
-
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    from ssl_runner import distributed
-    from ssl_runner.config import validate
-    from ssl_runner.methods import method_schemas
-    from ssl_runner.pipeline import run_pipeline
-    from ssl_runner.runtime import keep_freed_memory, start_job
+    from ssl_runner.job import run_job
+    from ssl_runner.runtime import start_job
 
     start_job()
     quiet_lightning()
-    hydra_dir = run_dir = Path(HydraConfig.get().runtime.output_dir)
-    session = None
-    try:
-        typed = validate(cfg, method_schemas())
-        if typed.trainer.keep_freed_memory:
-            keep_freed_memory()
-        distributed.check_plan(typed)
-        session = distributed.start(typed, run_dir)
-    except UserError as err:
-        print(err.paragraph(), file=sys.stderr)
-        _discard_empty_run_dir(run_dir)
-        sys.exit(EXIT_USER_ERROR)
-    if session is not None and session.run_dir != hydra_dir:
-        # torchrun / SLURM: this rank's Hydra made a folder of its own; all use rank 0's.
-        _discard_empty_run_dir(hydra_dir)
-        run_dir = session.run_dir
-    failed = True
-    try:
-        summary = run_pipeline(typed, run_dir)
-        failed = False
-    except UserError as err:
-        if distributed.is_main_process():
-            print(err.paragraph(), file=sys.stderr)
-            _discard_empty_run_dir(run_dir)
-        else:  # usually the same error as rank 0's, but it may be this rank's alone
-            print(f"(rank {distributed.rank()}) {err.paragraph()}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    except Exception as err:
-        if not distributed.is_collective_failure(err):
-            raise
-        print(distributed.collective_failure_message(err), file=sys.stderr)
-        sys.exit(EXIT_COLLECTIVE_FAILURE)
-    finally:
-        problem = session.finish(failed) if session is not None else None
-    if problem:
-        print(problem, file=sys.stderr)
-        sys.exit(EXIT_COLLECTIVE_FAILURE)
-    if distributed.is_main_process():
-        results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()}
-        log.info("run folder %s: %s", run_dir, results)
+    return run_job(cfg)
+
+
+def hydra_error_paragraph(err: HydraException) -> str:
+    """Hydra's composition errors as one paragraph: a misspelt key is named
+    with the closest one (Hydra's advice to add `+` would add the typo)."""
+    from ssl_runner.config import RunConfig, unknown_key_message
+
+    text = str(err)
+    key = re.search(r"Could not override '([^']+)'", text)
+    if key and ("not in struct" in f"{text} {err.__cause__}" or "No match in the defaults list" in text):
+        message = unknown_key_message(key.group(1), RunConfig)
+    else:
+        message = " ".join(text.replace("\n\t", ", ").split())
+    return UserError(message).paragraph()
 
 
 def main() -> None:
-    _hydra_main()
+    # Hydra's own failures (composition, the run folder) reach us as exceptions,
+    # not as its printed report and exit status 1.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except HydraException as err:
+        print(hydra_error_paragraph(err), file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as err:
+        disk = write_failure(err)
+        if disk is None:
+            raise
+        print(write_failure_paragraph(disk), file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

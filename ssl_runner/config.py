@@ -303,24 +303,30 @@ CHOICES: Dict[str, List[str]] = {
 STAGES = ["pretrain", "knn", "linear", "finetune", "linear_concat", "probe_rotation", "probe_color", "nonlinear"]
 
 
+def unknown_key_message(key: str, schema_hint: Optional[type] = None) -> str:
+    """'unknown config key', with the closest key of the schema and the keys
+    allowed beside it."""
+    parent, _, leaf = str(key).rpartition(".")
+    known: List[str] = []
+    if schema_hint is not None:
+        node: Any = schema_hint
+        for part in [p for p in parent.split(".") if p]:
+            node = next((f.type for f in fields(node) if f.name == part), None)
+            node = _dataclass_of(node)
+            if node is None:
+                break
+        if node is not None:
+            known = [f.name for f in fields(node)]
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" Did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+    allowed = f" Keys allowed there: {', '.join(sorted(known))}." if known else ""
+    return f"unknown config key '{key}'.{hint}{allowed} Fix the spelling in the override or the YAML file."
+
+
 def _explain(err: OmegaConfBaseException, schema_hint: Optional[type] = None) -> str:
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
-        parent, _, leaf = str(key).rpartition(".")
-        known: List[str] = []
-        if schema_hint is not None:
-            node: Any = schema_hint
-            for part in [p for p in parent.split(".") if p]:
-                node = next((f.type for f in fields(node) if f.name == part), None)
-                node = _dataclass_of(node)
-                if node is None:
-                    break
-            if node is not None:
-                known = [f.name for f in fields(node)]
-        close = difflib.get_close_matches(leaf, known, n=1)
-        hint = f" Did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
-        allowed = f" Keys allowed there: {', '.join(sorted(known))}." if known else ""
-        return f"unknown config key '{key}'.{hint}{allowed} Fix the spelling in the override or the YAML file."
+        return unknown_key_message(str(key), schema_hint)
     if isinstance(err, MissingMandatoryValue):
         return f"config key '{key}' has no value; set it on the command line ({key}=...)."
     if isinstance(err, ValidationError):
@@ -395,7 +401,7 @@ def _check_values(cfg: DictConfig) -> None:
         value = cfg.method.get(key)
         if value is not None and str(value) not in allowed:
             raise UserError(f"config key 'method.{key}' is '{value}', which is not one of: {', '.join(allowed)}.")
-    _check_backbone(cfg)
+    check_backbone(cfg)
     _check_optimisation(cfg)
     interpolations = cfg.method.get("interpolations")  # counting
     allowed_modes = ("bilinear", "bicubic", "area", "nearest")
@@ -435,7 +441,7 @@ def _check_values(cfg: DictConfig) -> None:
         raise UserError("data.mean and data.std need three values, one per RGB channel.")
 
 
-def _check_backbone(cfg: DictConfig) -> None:
+def check_backbone(cfg: DictConfig) -> None:
     b = cfg.backbone
     if b.width <= 0:
         raise UserError(f"config key 'backbone.width' is {b.width}; it must be positive (1.0: the published widths).")
@@ -492,6 +498,7 @@ __all__ = [
     "ClassifierStageConfig",
     "NonLinearStageConfig",
     "backbone_stage_names",
+    "check_backbone",
     "is_nin",
     "KnnConfig",
     "validate",

@@ -14,13 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict
 
-import torch
-from omegaconf import OmegaConf
+import logging
 
-from ssl_runner.config import BackboneConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_runner.config import BackboneConfig, check_backbone
 from ssl_runner.errors import UserError
 from ssl_runner.methods.base import ENCODER_FORMAT
 from ssl_runner.models.backbones import Backbone, build_backbone
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,3 +95,20 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
             "export it again from its pretrain run."
         ) from None
     return LoadedEncoder(backbone, parts["method"], str(path), parts["heads"], parts["method_config"])
+
+
+def adopt_checkpoint_architecture(cfg: DictConfig) -> None:
+    """Set `cfg.backbone` and `cfg.data.image_size` to those of the encoder in
+    `cfg.checkpoint` (a pipeline without pretraining evaluates it): the
+    summary then names the evaluated architecture, and the random-init
+    baselines are built like it, not like a config default."""
+    path = Path(cfg.checkpoint)
+    parts = _parts(_read(path), path)
+    adopted = OmegaConf.merge(OmegaConf.structured(BackboneConfig), parts["backbone"])
+    if OmegaConf.to_container(adopted) != OmegaConf.to_container(cfg.backbone) or \
+            int(parts["image_size"]) != cfg.data.image_size:
+        log.warning("evaluating %s as it was trained: backbone %s at %d px (the config named %s at %d px)", path,
+                    adopted.name, parts["image_size"], cfg.backbone.name, cfg.data.image_size)
+    cfg.backbone = adopted
+    cfg.data.image_size = int(parts["image_size"])
+    check_backbone(cfg)

@@ -10,7 +10,6 @@ finished stages and resumes an interrupted one from its `last.ckpt`.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -24,10 +23,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_runner import distributed
 from ssl_runner.config import to_plain
-from ssl_runner.data.datasets import ImageSet, balanced_subset, load_split
-from ssl_runner.data.loaders import eval_loader, labelled_train_loader, pretrain_loader
+from ssl_runner.data.datasets import ImageSet, balanced_subset, load_split, resize_center_crop
+from ssl_runner.data.loaders import EpochShuffle, eval_loader, labelled_train_loader, pretrain_loader, shuffled_loader
 from ssl_runner.data.views import ViewRecipe, grayscale
-from ssl_runner.encoder import LoadedEncoder, load_encoder
+from ssl_runner.encoder import LoadedEncoder, adopt_checkpoint_architecture, load_encoder
 from ssl_runner.errors import UserError
 from ssl_runner.eval.classifier import Classifier
 from ssl_runner.eval.features import extract_features
@@ -36,9 +35,11 @@ from ssl_runner.eval.nonlinear import FeatureMap, NonLinearHead
 from ssl_runner.methods import METHODS, build_method
 from ssl_runner.models.backbones import TruncatedBackbone, build_backbone
 from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
-from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise, write_json
+from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise
+from ssl_runner.safe_io import write_json, write_text
 from ssl_runner.runtime import job_age
-from ssl_runner.training import build_trainer, finish_loggers, log_stage_result, resume_path
+from ssl_runner.training import (build_trainer, checkpoint_epoch, epoch_record, finish_loggers, log_stage_result,
+                                 prepare_stage_folder, resume_path)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ class RunContext:
 
     @cached_property
     def test_images(self) -> ImageSet:
-        images = load_split(self.cfg.data, "test", self.cfg.seed)
+        # Labels index the training split's classes in every split.
+        classes = self.train_images.classes if self.train_images.has_labels else None
+        images = load_split(self.cfg.data, "test", self.cfg.seed, classes=classes)
         if not images.has_labels:
             raise UserError(f"the test split under {self.cfg.data.root} has no class folders, so kNN and linear "
                             "evaluation have nothing to score. Arrange it as test/<class>/<images>.")
@@ -114,17 +117,21 @@ def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int
          **trainer_overrides: Any) -> Tuple[L.Trainer, Dict[str, float]]:
     """Fit with the stage's checkpoints, resuming from `last.ckpt` if a previous
     attempt left one, then test once if `test` is given. Returns the trainer and
-    the metrics at the end of training (before testing replaces them)."""
+    the figures of the last epoch (kept in the checkpoint, so a resumed stage
+    has them even when nothing was left to train)."""
     trainer = build_trainer(ctx.cfg, ctx.run_dir, stage, max_epochs, callbacks=list(ctx.callbacks),
                             **trainer_overrides)
     ckpt = resume_path(ctx.run_dir, stage)
+    if isinstance(train.sampler, EpochShuffle):
+        # The attempt's first epoch: Lightning makes its iterator before setting the sampler's epoch.
+        train.sampler.set_epoch(0 if ckpt is None else checkpoint_epoch(ckpt) + 1)
     if ckpt:
         log.info("%s: resuming from %s", stage, ckpt)
         ctx.manifest.data["stages"][stage]["resumed_from"] = str(Path(ckpt).relative_to(ctx.run_dir))
         ctx.manifest.save()
     try:
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt)
-        fit_metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+        fit_metrics = dict(epoch_record(trainer).metrics)
         if test is not None:
             trainer.test(module, dataloaders=test, verbose=False)
     finally:
@@ -138,11 +145,12 @@ def _fit(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs: int
 ARTIFACT_IMAGES = 8
 
 
-def _spread_images(images: ImageSet, count: int) -> torch.Tensor:
+def _spread_images(images: ImageSet, count: int, size: int) -> torch.Tensor:
     """`count` evenly spaced images of a split (a class-ordered test split then
-    shows several classes) as one uint8 batch, at the data's load size."""
+    shows several classes) as one uint8 batch of `size` x `size` images (an
+    image folder's may differ in size)."""
     count = min(count, len(images))
-    return torch.stack([images.image(i * len(images) // count) for i in range(count)])
+    return torch.stack([resize_center_crop(images.image(i * len(images) // count), size) for i in range(count)])
 
 
 def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
@@ -160,23 +168,24 @@ def stage_pretrain(ctx: RunContext) -> Dict[str, Any]:
         for module in method.ssl_modules().values():
             module.compile()
     train = pretrain_loader(cfg.data, images, method.recipe, method.num_views, world_size,
-                            repeats=method_cls.pretrain_repeats(cfg))
+                            repeats=method_cls.pretrain_repeats(cfg), seed=cfg.seed, rank=distributed.rank())
     val = None
     every = cfg.monitor.knn_every_n_epochs
     if every > 0 and ctx.train_images.has_labels:
         val = [eval_loader(cfg.data, ctx.train_images), eval_loader(cfg.data, ctx.test_images)]
-    start = time.perf_counter()
     trainer, metrics = _fit(ctx, "pretrain", method, cfg.trainer.max_epochs, train, val,
                             check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
     encoder = ctx.run_dir / "pretrain" / "encoder.pt"
     artifacts: List[str] = []
     if distributed.is_main_process():
         method.export_encoder(encoder)
-        artifacts = method.save_artifacts(ctx.run_dir / "pretrain", _spread_images(ctx.test_images, ARTIFACT_IMAGES))
+        artifacts = method.save_artifacts(ctx.run_dir / "pretrain",
+                                          _spread_images(ctx.test_images, ARTIFACT_IMAGES, cfg.data.image_size))
     distributed.barrier()  # the next stage loads it on every rank
     result = {
         "epochs": trainer.current_epoch,
-        "seconds": round(time.perf_counter() - start, 1),
+        # Training time summed over the epochs of every attempt (validation included).
+        "seconds": round(epoch_record(trainer).seconds, 1),
         "loss": metrics.get("train/loss_epoch"),
         "online_probe_top1": metrics.get("val/probe_top1"),
         "knn_monitor_top1": metrics.get("val/knn_top1"),
@@ -262,7 +271,7 @@ def _fit_on_images(ctx: RunContext, stage: str, stage_cfg: Any, module: Classifi
     # The stage's batch size is its global batch, as on one device; each rank
     # trains on its share of the images.
     train = labelled_train_loader(ctx.cfg.data, ctx.train_images, module.recipe, stage_cfg.batch_size // world,
-                                  seed=ctx.cfg.seed, shard=world > 1)
+                                  seed=ctx.cfg.seed, world_size=world, rank=distributed.rank())
     # Every rank scores the whole test split: no padded duplicates in the accuracy.
     test = eval_loader(ctx.cfg.data, ctx.test_images, stage_cfg.batch_size)
     return _fit(ctx, stage, module, stage_cfg.epochs, train, test=test, use_distributed_sampler=False)
@@ -313,11 +322,11 @@ def _linear_on_features(ctx: RunContext, stage: str, stage_cfg: Any, f: Dict[str
     """A linear classifier trained on cached features `f` (train / test, with
     labels), scored on the test features from its last epoch."""
     module = Classifier(f["train"].shape[1], num_classes, stage_cfg)
-    # Every rank trains on all the cached features, in the same seeded order,
+    # Every rank trains on all the cached features, in the same order, drawn
+    # from (seed, epoch) (Lightning sets the sampler's epoch, also on resume),
     # so DDP averages identical gradients: the single-process result, exactly.
-    train = DataLoader(TensorDataset(f["train"], f["train_labels"], torch.arange(len(f["train"]))),
-                       batch_size=stage_cfg.batch_size, shuffle=True,
-                       generator=torch.Generator().manual_seed(ctx.cfg.seed))
+    features = TensorDataset(f["train"], f["train_labels"], torch.arange(len(f["train"])))
+    train = shuffled_loader(features, stage_cfg.batch_size, ctx.cfg.seed)
     test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(len(f["test"]))), batch_size=1024)
     trainer, metrics = _fit(ctx, stage, module, stage_cfg.epochs, train, test=test, use_distributed_sampler=False)
     return {**_classifier_result(trainer, metrics, stage, stage_cfg), "features": "cached, unaugmented"}
@@ -456,18 +465,9 @@ def run_facts(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     }
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callback]] = None) -> Dict[str, Any]:
-    """Run the configured stages in `run_dir`; returns the summary it writes."""
-    main = distributed.is_main_process()
-    if distributed.world_size() > 1 and not distributed.is_initialized():
-        raise RuntimeError("a multi-process config needs its process group; start runs through "
-                           "python -m ssl_runner, torchrun or SLURM")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Every rank reads the manifest before rank 0 writes to it (only rank 0
-    # writes: the others keep their copy in step without saving it).
-    manifest = Manifest.open(run_dir, to_plain(cfg), writable=main)
-    distributed.barrier()
-    ctx = RunContext(cfg, run_dir, manifest, list(callbacks or []))
+def planned_stages(cfg: DictConfig) -> List[str]:
+    """pipeline.stages, with the method's extra evaluation stages after
+    `linear` and, with eval.random_baseline, the random-init twins."""
     stages = list(cfg.pipeline.stages)
     if "linear" in stages:
         extra = getattr(METHODS.get(cfg.method.name, (None,))[0], "extra_eval_stages", ())
@@ -476,6 +476,28 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         stages += ([BASELINE_STAGE] + ([LINEAR_BASELINE] if "linear" in stages else [])
                    + ([NONLINEAR_BASELINE] if "nonlinear" in stages else [])
                    + [PROBE_BASELINES[s] for s in stages if s in PROBE_BASELINES])
+    return stages
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callback]] = None,
+                 on_accepted: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+    """Run the configured stages in `run_dir`; returns the summary it writes.
+    `on_accepted` is called on the main process once the folder has accepted
+    this config (the CLI records Hydra's files then, never before a refusal)."""
+    main = distributed.is_main_process()
+    if distributed.world_size() > 1 and not distributed.is_initialized():
+        raise RuntimeError("a multi-process config needs its process group; start runs through "
+                           "python -m ssl_runner, torchrun or SLURM")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = planned_stages(cfg)
+    if "pretrain" not in stages and cfg.checkpoint:
+        # Evaluate the encoder as it was trained, whatever backbone the config names.
+        adopt_checkpoint_architecture(cfg)
+    # Every rank reads the manifest before rank 0 writes to it (only rank 0
+    # writes: the others keep their copy in step without saving it).
+    manifest = Manifest.open(run_dir, to_plain(cfg), writable=main)
+    distributed.barrier()
+    ctx = RunContext(cfg, run_dir, manifest, list(callbacks or []))
     if not all(manifest.is_done(s) for s in stages):
         # Missing or unreadable data fails here, before any stage is recorded.
         ctx.train_images  # noqa: B018
@@ -484,10 +506,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         ):
             ctx.test_images  # noqa: B018
     if main:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if on_accepted is not None:
+            on_accepted()
     facts = run_facts(cfg, run_dir)
-    build_summary = partial(summarise, baselines=(BASELINE_STAGE, LINEAR_BASELINE, NONLINEAR_BASELINE,
-                                                      *PROBE_BASELINES.values()))
+    build_summary = partial(summarise, stages=stages, baselines=(BASELINE_STAGE, LINEAR_BASELINE,
+                                                                 NONLINEAR_BASELINE, *PROBE_BASELINES.values()))
 
     def write_summary() -> Dict[str, Any]:
         # Wall clock of this job so far, start-up included (a resumed run counts
@@ -501,6 +525,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         if manifest.is_done(stage):
             log.info("%s: already done in %s, skipped", stage, run_dir)
             continue
+        if main:
+            prepare_stage_folder(run_dir, stage)
+        distributed.barrier()
         L.seed_everything(cfg.seed, verbose=False)
         log.info("%s: starting", stage)
         manifest.start(stage)
@@ -508,7 +535,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
             result = STAGES[stage](ctx)
         except BaseException as err:
             manifest.fail(stage, err)
-            write_summary()
+            try:
+                write_summary()
+            except OSError as write_err:  # a full disk: the stage's own error is the one to report
+                log.warning("could not write %s (%s)", run_dir / SUMMARY, write_err)
             raise
         manifest.finish(stage, result)
         log.info("%s: done %s", stage, {k: v for k, v in result.items() if k in ("top1", "loss", "epochs")})

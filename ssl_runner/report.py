@@ -8,11 +8,14 @@ last-epoch test accuracies.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from ssl_runner.safe_io import write_text
 
 COLUMNS = ("method", "backbone", "image px", "features", "train images", "epochs", "batch", "hardware", "seed",
            "pretrain min", "kNN top-1", "random-init kNN", "kNN gain", "linear top-1", "run")
@@ -49,7 +52,7 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
     knn = stages.get("knn", {}).get("top1")
     random_knn = baseline.get("knn_random_init", {}).get("top1")
     hw = summary.get("hardware", {})
-    hardware = hw.get("gpu") or f"{hw.get('accelerator', '?')} ({hw.get('cpu_threads', '?')} threads)"
+    hardware = (hw.get("gpu") or f"{hw.get('accelerator', '?')} ({hw.get('cpu_threads', '?')} threads)") if hw else None
     seconds = stages.get("pretrain", {}).get("seconds")
     return {
         "method": summary.get("method"),
@@ -57,7 +60,8 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
         "image px": summary.get("image_size"),
         # The backbone stage the evaluation read: h (after the last stage) unless eval.feature_layer.
         "features": summary.get("feature_layer") or ("h" if "feature_layer" in summary else None),
-        "train images": summary.get("train_images") or "all",
+        # null: the whole split; absent: a job that failed before its data were loaded.
+        "train images": summary.get("train_images") or ("all" if "train_images" in summary else None),
         "epochs": summary.get("epochs"),
         "batch": summary.get("batch_size"),
         "hardware": hardware,
@@ -89,14 +93,29 @@ def _optional(summary: Dict[str, Any], column: str) -> Any:
     return summary.get(section, {}).get(stage, {}).get("top1")
 
 
+def run_outcome(summary: Dict[str, Any]) -> str:
+    """"done", or the status and the reason of a run that did not finish
+    (summaries written before runs recorded a status count as done)."""
+    status = summary.get("status", "done")
+    if status == "done":
+        return "done"
+    reason = " ".join(str(summary.get("error", "")).split())
+    where = f" in {summary['stage']}" if summary.get("stage") else ""
+    return f"{status}{where}: {reason[:160]}" if reason else f"{status}{where}"
+
+
 def markdown_table(summaries: Iterable[Path]) -> str:
+    """One row per run; a "status" column (with the reason) when any run
+    failed or diverged."""
     loaded = [load_summary(p) for p in summaries]
     extra = [c for c in OPTIONAL_COLUMNS if any(_optional(s, c) is not None for s in loaded)]
-    columns = [*COLUMNS[:-1], *extra, COLUMNS[-1]]
+    failed = any(run_outcome(s) != "done" for s in loaded)
+    columns = [*COLUMNS[:-1], *extra, *(["status"] if failed else []), COLUMNS[-1]]
     rows = []
     for summary in loaded:
         row = summary_row(summary)
         row.update({c: _optional(summary, c) for c in extra})
+        row["status"] = run_outcome(summary).replace("|", "/")
         rows.append(row)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
@@ -105,7 +124,9 @@ def markdown_table(summaries: Iterable[Path]) -> str:
 
 class SweepResultsTable(Callback):
     """Hydra callback (conf/config.yaml): after a multirun, `results.md` in the
-    sweep folder tabulates every job's summary, and the table is printed."""
+    sweep folder tabulates every job's summary, failed ones with their
+    reason, and the table is printed. If any job failed, the sweep then exits
+    with the first failed job's exit status (job.py)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -113,10 +134,16 @@ class SweepResultsTable(Callback):
         if not summaries:
             return
         table = markdown_table(summaries)
-        (sweep_dir / "results.md").write_text(
-            "Generated from the summary.json of each run below this folder (last-epoch test top-1, %).\n\n"
-            + table + "\n")
+        write_text(sweep_dir / "results.md",
+                   "Generated from the summary.json of each run below this folder (last-epoch test top-1, %).\n\n"
+                   + table + "\n")
         print(f"\n{table}\n\n(written to {sweep_dir / 'results.md'})")
+        failed = [s for s in map(load_summary, summaries) if run_outcome(s) != "done"]
+        if failed:
+            print(f"error: {len(failed)} of {len(summaries)} jobs did not finish: "
+                  + "; ".join(f"{Path(s.get('run_dir', '?')).name} {run_outcome(s)}" for s in failed),
+                  file=sys.stderr)
+            sys.exit(int(failed[0].get("exit_code", 1)))
 
 
 METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "linear gain", "minutes",

@@ -8,7 +8,7 @@ finished stages and resume an interrupted one.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import platform
 import time
 from pathlib import Path
@@ -17,6 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ssl_runner.errors import UserError
+from ssl_runner.safe_io import write_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -24,13 +27,6 @@ SUMMARY = "summary.json"
 # the finished stages computed.
 RESUMABLE_CHANGES = ("pipeline", "logger", "trainer.progress", "data.num_workers", "data.root", "data.decode_cache",
                      "data.cache_dir", "trainer.keep_freed_memory", "trainer.collective_timeout_s")
-
-
-def write_json(path: Path, data: Dict[str, Any]) -> None:
-    """Write atomically: a crash never leaves half a JSON file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -65,11 +61,18 @@ class Manifest:
     @classmethod
     def open(cls, run_dir: Path, config: Dict[str, Any], writable: bool = True) -> "Manifest":
         """Open the folder's manifest, or start one. A folder made with a
-        different config is refused: resuming there would mix two runs."""
+        different config is refused when it holds results (a finished stage
+        or a checkpoint): resuming there would mix two runs. One whose
+        earlier attempt failed before producing anything (bad input) starts
+        over with the new config."""
         path = run_dir / MANIFEST
         if path.is_file():
             data = json.loads(path.read_text())
             diffs = config_differences(data["config"], config)
+            if diffs and not cls(run_dir, data).holds_results():
+                log.info("%s: the earlier attempt here left no results (%s); starting over with this config",
+                         run_dir, "; ".join(diffs[:3]))
+                return cls(run_dir, {"format": 1, "created": _now(), "config": config, "stages": {}}, writable)
             if diffs:
                 shown = "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "")
                 raise UserError(
@@ -84,6 +87,11 @@ class Manifest:
     def save(self) -> None:
         if self.writable:
             write_json(self.run_dir / MANIFEST, self.data)
+
+    def holds_results(self) -> bool:
+        """Whether a stage finished here or left a checkpoint to resume from."""
+        return any(record.get("status") == "done" or any((self.run_dir / name / "checkpoints").glob("*.ckpt"))
+                   for name, record in self.data["stages"].items())
 
     def stage(self, name: str) -> Dict[str, Any]:
         return self.data["stages"].get(name, {})
@@ -105,12 +113,18 @@ class Manifest:
         self.save()
 
     def fail(self, name: str, error: BaseException) -> None:
+        """Record the stage as interrupted, diverged or failed. Best effort: when
+        the disk is full this cannot be written, and the error that stopped
+        the stage is the one to report (a rerun finds the stage unfinished)."""
         record = self.data["stages"].setdefault(name, {})
         # Lightning turns Ctrl-C into SystemExit(1) after a graceful shutdown.
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
-        record.update(status="interrupted" if interrupted else "failed",
+        record.update(status="interrupted" if interrupted else getattr(error, "status", "failed"),
                       error=f"{type(error).__name__}: {error}"[:500], finished=_now())
-        self.save()
+        try:
+            self.save()
+        except OSError as err:
+            log.warning("could not record %s's end in %s (%s)", name, self.run_dir / MANIFEST, err)
 
     def encoder_path(self) -> Optional[Path]:
         """The encoder the last pretrain stage of this run recorded."""
@@ -133,12 +147,27 @@ def hardware_description(accelerator: str) -> Dict[str, Any]:
     return info
 
 
-def summarise(manifest: Manifest, facts: Dict[str, Any], baselines: Sequence[str] = ()) -> Dict[str, Any]:
-    """`summary.json`: the run's facts, then each stage's results (accuracies in
-    percent, last epoch), then the baselines (stages named in `baselines`)."""
-    stages: Dict[str, Any] = {}
+def run_status(manifest: Manifest, stages: Sequence[str]) -> Dict[str, Any]:
+    """The run's status over its planned `stages`: "done" when all are, else
+    the first unfinished stage's ("failed", "diverged", "interrupted",
+    "running"; "pending" before it starts), with its error."""
+    for name in stages:
+        record = manifest.stage(name)
+        if record.get("status") != "done":
+            status = {"status": record.get("status", "pending"), "stage": name}
+            return {**status, "error": record["error"]} if "error" in record else status
+    return {"status": "done"}
+
+
+def summarise(manifest: Manifest, facts: Dict[str, Any], stages: Sequence[str] = (),
+              baselines: Sequence[str] = ()) -> Dict[str, Any]:
+    """`summary.json`: the run's status over its planned `stages`, its facts,
+    then each stage's results (accuracies in percent, last epoch), then the
+    baselines (stages named in `baselines`)."""
+    shown_stages: Dict[str, Any] = {}
     baseline: Dict[str, Any] = {}
     for name, record in manifest.data["stages"].items():
         shown = {k: v for k, v in record.items() if k not in ("started", "finished")}
-        (baseline if name in baselines else stages)[name] = shown
-    return {**facts, "stages": stages, "baseline": baseline}
+        (baseline if name in baselines else shown_stages)[name] = shown
+    return {**run_status(manifest, stages or list(manifest.data["stages"])), **facts, "stages": shown_stages,
+            "baseline": baseline}

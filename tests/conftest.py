@@ -50,3 +50,62 @@ def run_method_cli(cifar_root: Path, run_dir: Path, *args: str, extra_env=None):
         assert 15.0 < summary["stages"][stage]["top1"] <= 100.0  # ten classes: chance is 10 %
     with open(run_dir / "pretrain" / "metrics.csv") as fh:
         return summary, list(csv.DictReader(fh))
+
+
+def cli_env(cifar_root: Path, extra_env=None) -> dict:
+    """The environment of a CLI run as a user starts it: the real CIFAR-10, no
+    inherited rank variables, plain progress lines."""
+    env = {**os.environ, "SSL_RUNNER_DATA": str(cifar_root.parent), "CI": "true", "PYTHONUNBUFFERED": "1"}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return {**env, **(extra_env or {})}
+
+
+def cli(cifar_root: Path, *args: str, cwd=None, timeout: int = 600, extra_env=None):
+    """`python -m ssl_runner ARGS`; returns the CompletedProcess (stdout, stderr as text)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ssl_runner", *args], cwd=cwd, env=cli_env(cifar_root, extra_env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def cli_killed_when(cifar_root: Path, run_dir: Path, path: str, *args: str, timeout: float = 600) -> int:
+    """Start `python -m ssl_runner ARGS hydra.run.dir=RUN_DIR` and SIGKILL its
+    whole process group (every rank) as soon as RUN_DIR/PATH exists: a crash
+    at whatever point the run has reached then. Returns the exit status."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_runner", *args, f"hydra.run.dir={run_dir}"],
+                            env=cli_env(cifar_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not (run_dir / path).exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+# Per-stage fields that differ between attempts without changing a result.
+ATTEMPT_FIELDS = {"seconds", "seconds_to_first_step", "resumed_from", "checkpoint", "encoder_checkpoint"}
+
+
+def figures(summary: dict) -> dict:
+    """Every stage's results (stages and baselines), without the timings and
+    the bookkeeping of which attempt produced them."""
+    return {name: {k: v for k, v in record.items() if k not in ATTEMPT_FIELDS}
+            for section in ("stages", "baseline") for name, record in summary[section].items()}
+
+
+def strict_json(path: Path) -> dict:
+    """A JSON file read by a strict parser: NaN or Infinity fail the test."""
+    import json
+
+    def refuse(token):
+        raise AssertionError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)

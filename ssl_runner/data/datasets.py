@@ -24,12 +24,11 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from ssl_runner.config import DataConfig
+from ssl_runner.data.image_folder import UNLABELLED, check_image_headers, list_image_folder
 from ssl_runner.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
-UNLABELLED = -1
 ENV_VAR = "SSL_RUNNER_DATA"
 
 
@@ -162,12 +161,15 @@ class DecodeCache:
         return images
 
     def save(self, images: Tensor) -> None:
+        # Straight to a temporary file (not through memory, as safe_io does:
+        # a decoded split can be gigabytes), renamed when complete.
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
             torch.save(images, tmp)
             os.replace(tmp, self.path)
-        except OSError as err:  # a read-only or full cache folder only costs speed
+        except (OSError, RuntimeError) as err:  # a read-only or full cache folder only costs speed
+            tmp.unlink(missing_ok=True)
             log.warning("could not write the decode cache %s (%s)", self.path, err)
 
 
@@ -195,26 +197,6 @@ def balanced_subset(labels: Tensor, size: int, seed: int) -> Tensor:
     return torch.cat(chosen).sort().values
 
 
-def _list_image_folder(split_dir: Path) -> tuple[List[str], Tensor, List[str]]:
-    entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
-    class_dirs = [e for e in entries if e.is_dir()]
-    if class_dirs:
-        classes = [e.name for e in class_dirs]
-        paths: List[str] = []
-        labels: List[int] = []
-        for label, entry in enumerate(class_dirs):
-            files = sorted(f.path for f in os.scandir(entry.path) if _is_image(f.name))
-            paths += files
-            labels += [label] * len(files)
-        return paths, torch.tensor(labels, dtype=torch.long), classes
-    files = [e.path for e in entries if e.is_file() and _is_image(e.name)]
-    return files, torch.full((len(files),), UNLABELLED, dtype=torch.long), []
-
-
-def _is_image(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
 def _missing_data_error(cfg: DataConfig, split: str, reason: str) -> UserError:
     where = f"pass data.root=PATH pointing at a folder with {split}/<class>/<images>"
     if cfg.name != "cifar10":  # only cifar10's default root comes from the environment
@@ -228,7 +210,8 @@ def _missing_data_error(cfg: DataConfig, split: str, reason: str) -> UserError:
     )
 
 
-def _load_torchvision_cifar10(cfg: DataConfig, split: str, download: bool) -> ImageSet:
+def _load_torchvision_cifar10(cfg: DataConfig, split: str, download: bool,
+                              classes: Optional[List[str]]) -> ImageSet:
     from torchvision.datasets import CIFAR10
 
     # The first folder that a failed download would leave behind, removed then.
@@ -245,6 +228,13 @@ def _load_torchvision_cifar10(cfg: DataConfig, split: str, download: bool) -> Im
             cfg, split, f"looked for train/<class>/ image folders and cifar-10-batches-py/; "
             f"downloading failed: {type(err).__name__}: {err}"
         ) from None
+    if classes and list(classes) != list(ds.classes):
+        raise UserError(
+            f"the cifar10 '{split}' split comes from torchvision's archive in {Path(cfg.root).resolve()}, whose "
+            f"classes are {', '.join(ds.classes)}, but the training split has the classes {', '.join(classes)}, "
+            "so labels would mean different classes. Give both splits as image folders with the same classes "
+            f"({split}/<class>/<images>), or both from the archive."
+        )
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return ImageSet(torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), images=images)
 
@@ -257,25 +247,34 @@ def decode_cache_dir(cfg: DataConfig) -> Optional[Path]:
     return Path(cfg.cache_dir or os.environ.get("SSL_RUNNER_CACHE") or "~/.cache/ssl_runner").expanduser()
 
 
-def load_split(cfg: DataConfig, split: str, seed: int) -> ImageSet:
+def load_split(cfg: DataConfig, split: str, seed: int, classes: Optional[List[str]] = None) -> ImageSet:
     """The `split` ("train" or "test") of the configured data set, subset and
-    (if `cfg.in_memory`) decoded."""
+    (if `cfg.in_memory`) decoded; per-item files have their headers checked.
+
+    `classes` is the training split's class list, given for the test split so
+    that its labels are positions in train's list: a test class folder that
+    train lacks is a UserError, a train class that test lacks is fine (rules in
+    `list_image_folder`). torchvision's CIFAR-10 archive has fixed classes, so
+    `classes` other than the archive's is a UserError. None: the split lists
+    its own classes."""
     root = Path(cfg.root)
     split_dir = root / split
     subset = cfg.subset if split == "train" else cfg.test_subset
     if split_dir.is_dir():
-        paths, labels, classes = _list_image_folder(split_dir)
+        paths, labels, split_classes = list_image_folder(split_dir, classes)
         if not paths:
             raise _missing_data_error(cfg, split, f"{split_dir} holds no image files")
-        images = ImageSet(labels, classes, paths=paths, load_size=cfg.load_size)
+        images = ImageSet(labels, split_classes, paths=paths, load_size=cfg.load_size)
     elif cfg.name == "cifar10" and ((root / "cifar-10-batches-py").is_dir() or cfg.download):
-        images = _load_torchvision_cifar10(cfg, split, download=cfg.download)
+        images = _load_torchvision_cifar10(cfg, split, download=cfg.download, classes=classes)
     else:
         raise _missing_data_error(cfg, split, f"{split_dir} does not exist")
     if subset is not None:
         images = images.select(balanced_subset(images.labels, subset, seed))
-    if cfg.in_memory:
+    if cfg.in_memory:  # decode_file names a corrupt file as it decodes
         images = images.into_memory(decode_cache_dir(cfg))
+    elif images.paths is not None:  # only the files this run reads (after the subset)
+        check_image_headers(images.paths, split_dir)
     log.info(
         "%s %s: %d images, %d classes, %s",
         cfg.name, split, len(images), len(images.classes),

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_runner.data.views import Device, grayscale, to_unit_float
+from ssl_runner.safe_io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +155,11 @@ def cached_permutation_set(size: int, tiles: int = 9, seed: int = 0, cache_dir: 
     permutations = hamming_permutation_set(size, tiles, seed)
     # Written under a temporary name and renamed: processes that generate the
     # same set at once (one per GPU) never read a half-written file.
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(permutations, partial)
-        os.replace(partial, path)
+        atomic_torch_save(permutations, path)
     except OSError as err:
         log.warning("could not cache the Jigsaw permutation set in %s: %s", path, err)
-        partial.unlink(missing_ok=True)
     return permutations
 
 

@@ -19,6 +19,7 @@ from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import ImageSet, resize_center_crop
 from ssl_runner.data.views import ViewRecipe
 from ssl_runner.errors import UserError
+from ssl_runner.seeding import epoch_seed
 
 
 class PretrainDataset(Dataset):
@@ -88,18 +89,55 @@ class EvalDataset(Dataset):
         return default_collate([self[i] for i in indices])
 
 
-def loader_kwargs(cfg: DataConfig) -> dict:
+class EpochShuffle(DistributedSampler):
+    """A training loader's order and its workers' seeds, drawn from (seed,
+    rank, epoch) alone: this rank's share of a permutation seeded by seed +
+    epoch (DistributedSampler's, the same on every rank), and `worker_seeds`,
+    the DataLoader's generator, reseeded at every `set_epoch`.
+
+    Lightning calls `set_epoch` at each epoch's start, but makes the first
+    epoch's iterator (which draws the worker seeds, and with workers the
+    first indices) before that: `_fit` sets the first epoch of an attempt
+    (0, or the one after the checkpoint it resumes from) before fitting. So a
+    resumed epoch shows the images in the uninterrupted run's order, and its
+    workers make the same views."""
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.worker_seeds = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.worker_seeds.manual_seed(epoch_seed(self.seed, "loader workers", self.rank, epoch))
+
+
+def shuffled_loader(dataset: Dataset, batch_size: int, seed: int, world_size: int = 1, rank: int = 0,
+                    drop_last: bool = False, **kwargs: Any) -> DataLoader:
+    """A training DataLoader over this rank's share of `dataset`, in EpochShuffle's order."""
+    sampler = EpochShuffle(dataset, seed, num_replicas=world_size, rank=rank)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=sampler.worker_seeds,
+                      drop_last=drop_last, **kwargs)
+
+
+def loader_kwargs(cfg: DataConfig, persistent: bool = True) -> dict:
+    """Workers and pinning. Training loaders pass `persistent=False`: their
+    workers are started anew each epoch, seeded from EpochShuffle (persistent
+    workers would carry their generators across epochs, out of reach of the
+    checkpoint)."""
     kwargs: dict = {"num_workers": cfg.num_workers, "pin_memory": torch.cuda.is_available()}
     if cfg.num_workers > 0:
-        kwargs["persistent_workers"] = True
+        kwargs["persistent_workers"] = persistent
     return kwargs
 
 
 def pretrain_loader(
-    cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, num_views: int, world_size: int = 1, repeats: int = 1
+    cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, num_views: int, world_size: int = 1, repeats: int = 1,
+    seed: int = 0, rank: int = 0,
 ) -> DataLoader:
-    """Shuffled, last incomplete batch dropped (NT-Xent and BatchNorm want full
-    batches); each image `repeats` times an epoch."""
+    """This rank's share, shuffled (EpochShuffle), last incomplete batch
+    dropped (NT-Xent and BatchNorm want full batches); each image `repeats`
+    times an epoch."""
     global_batch = cfg.batch_size * world_size
     if len(images) * repeats < global_batch:
         raise UserError(
@@ -113,11 +151,13 @@ def pretrain_loader(
             "data.views_on=device batches whole images, but the images of this data set differ in size. "
             "Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made per image)."
         )
+    kwargs = loader_kwargs(cfg, persistent=False)
     if cfg.views_on == "device" and images.images is not None:
-        return DataLoader(InMemoryBatches(images, None, num_views, repeats), batch_size=cfg.batch_size,
-                          shuffle=True, drop_last=True, collate_fn=already_collated, **loader_kwargs(cfg))
-    dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views, repeats)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **loader_kwargs(cfg))
+        dataset: Dataset = InMemoryBatches(images, None, num_views, repeats)
+        kwargs["collate_fn"] = already_collated
+    else:
+        dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views, repeats)
+    return shuffled_loader(dataset, cfg.batch_size, seed, world_size, rank, drop_last=True, **kwargs)
 
 
 def eval_loader(cfg: DataConfig, images: ImageSet, batch_size: Optional[int] = None) -> DataLoader:
@@ -127,14 +167,11 @@ def eval_loader(cfg: DataConfig, images: ImageSet, batch_size: Optional[int] = N
 
 
 def labelled_train_loader(cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, batch_size: int,
-                          seed: int = 0, shard: bool = False) -> DataLoader:
-    """Shuffled training images for a supervised stage, one view each; with
-    `shard`, this rank's share of them (a seeded DistributedSampler)."""
+                          seed: int = 0, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """Training images for a supervised stage, one view each: this rank's
+    share, shuffled (EpochShuffle)."""
     in_memory = cfg.views_on == "device" and images.images is not None
     dataset = (InMemoryBatches(images, None, num_views=1) if in_memory
                else PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views=1))
-    kwargs = {**loader_kwargs(cfg), **({"collate_fn": already_collated} if in_memory else {})}
-    if shard:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, **kwargs)
+    kwargs = {**loader_kwargs(cfg, persistent=False), **({"collate_fn": already_collated} if in_memory else {})}
+    return shuffled_loader(dataset, batch_size, seed, world_size, rank, **kwargs)

@@ -30,6 +30,7 @@ from ssl_runner.eval.knn import knn_top1
 from ssl_runner.models.backbones import build_backbone
 from ssl_runner.models.momentum import momentum_at
 from ssl_runner.runtime import process_age
+from ssl_runner.safe_io import atomic_torch_save
 from ssl_runner.optim import build_optimizer, build_scheduler, scale_lr, split_decay_groups
 
 ENCODER_FORMAT = "ssl_runner.encoder/1"
@@ -176,13 +177,6 @@ class BaseMethod(L.LightningModule):
         return eval_view(images, self.cfg.data.mean, self.cfg.data.std), labels, indices
 
     # ---- training -----------------------------------------------------------------
-    def on_train_start(self) -> None:
-        # Every rank starts from the same seed (identical initial weights); give
-        # each its own random views from here on, or the ranks would crop and
-        # colour their different images with the same draws.
-        if self.trainer.world_size > 1:
-            torch.manual_seed(self.cfg.seed * 1000 + self.trainer.global_rank + 1000003 * self.current_epoch)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Start-up cost as a user feels it: process start to the first step.
         if self.seconds_to_first_step is None:
@@ -317,7 +311,7 @@ class BaseMethod(L.LightningModule):
         with `torch.load(weights_only=True)` and strictly by `load_encoder`."""
         skipped = ("backbone.", "online_probe.") + tuple(f"{name}." for name in self.not_exported)
         heads = {k: v for k, v in self.state_dict().items() if not k.startswith(skipped)}
-        torch.save(
+        atomic_torch_save(
             {
                 "format": ENCODER_FORMAT,
                 "method": self.cfg.method.name,

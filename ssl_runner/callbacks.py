@@ -1,9 +1,11 @@
 """The Lightning callbacks every training stage gets (training.build_trainer):
 
-- `EpochSeeds`: every random number an epoch draws (views, shuffling,
-  DataLoader workers, dropout) comes from (seed, stage, rank, epoch), so a
-  stage resumed from its epoch-k checkpoint replays epoch k+1 exactly as the
-  uninterrupted run did;
+- `EpochSeeds`: every random number an epoch draws in the training process
+  (views made on the device, dropout, a method's random choices) comes from
+  (seed, stage, rank, epoch), and with the loaders' EpochShuffle sampler
+  (data/loaders.py) the order and the workers' views too, so a stage resumed
+  from its epoch-k checkpoint replays epoch k+1 exactly as the uninterrupted
+  run did;
 - `StopOnNonFinite`: a NaN or infinite loss, gradient or weight stops the
   stage at once, before the bad step is applied or saved;
 - `EpochRecord`: the stage's figures at the end of each epoch, kept in the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -71,8 +72,6 @@ def _failure(err: BaseException, multirun: bool) -> Optional[Failure]:
 
 def launch_rank() -> int:
     """This process's rank as its launcher set it (0 for a plain start)."""
-    import os
-
     for name in ("RANK", "SLURM_PROCID"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])

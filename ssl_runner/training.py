@@ -82,17 +82,19 @@ class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv and rewrites it
     in place; a resumed stage must keep the epochs it logged before the
     interruption, and a kill must not leave half a file: each save rewrites
-    the whole file through a temporary one."""
+    the whole file through a temporary one (from the rows kept here, so a
+    save costs one write, not a read too)."""
 
     def _check_log_dir_exists(self) -> None:
-        self.metrics_keys = sorted(_read_metrics(self.metrics_file_path)[0])
+        keys, self.written_rows = _read_metrics(self.metrics_file_path)
+        self.metrics_keys = sorted(keys)
 
     def save(self) -> None:
         if not self.metrics:
             return
         self._record_new_keys()
-        rows = _read_metrics(self.metrics_file_path)[1] + self.metrics
-        _write_metrics(self.metrics_file_path, self.metrics_keys, rows)
+        self.written_rows += self.metrics
+        _write_metrics(self.metrics_file_path, self.metrics_keys, self.written_rows)
         self.metrics = []
 
 

@@ -265,13 +265,13 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
-def prepare_stage_folder(run_dir: Path, stage: str) -> Optional[int]:
+def prepare_stage_folder(run_dir: Path, stage: str) -> None:
     """Get `run_dir/stage` ready for an attempt (main process only): remove
     the temporary files of killed writers; if a previous attempt left a
-    readable `last.ckpt`, keep the metrics rows of the epochs it holds and
-    return its last epoch; otherwise (none, or one that cannot be read, which
-    is set aside as `last.ckpt.unreadable`) start the stage afresh: its old
-    metrics.csv is removed. Returns None for a fresh start."""
+    readable `last.ckpt`, keep the metrics rows of the epochs it holds;
+    otherwise (none, or one that cannot be read, which is set aside as
+    `last.ckpt.unreadable`) the stage starts afresh, without its old
+    metrics.csv."""
     stage_dir = run_dir / stage
     ckpt_dir = stage_dir / "checkpoints"
     for folder in (stage_dir, ckpt_dir):
@@ -284,9 +284,8 @@ def prepare_stage_folder(run_dir: Path, stage: str) -> Optional[int]:
                     "scratch (there is no earlier state to resume from)", stage, moved)
     if data is None:
         (stage_dir / "metrics.csv").unlink(missing_ok=True)
-        return None
-    keep_metrics_through_epoch(stage_dir / "metrics.csv", int(data["epoch"]))
-    return int(data["epoch"])
+    else:
+        keep_metrics_through_epoch(stage_dir / "metrics.csv", int(data["epoch"]))
 
 
 def checkpoint_epoch(path: str) -> int:

@@ -126,17 +126,18 @@ def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precis
     from hydra import compose, initialize_config_dir
 
     from ssl_runner.__main__ import config_dir
-    from ssl_runner.config import validate
+    from ssl_runner.validation import validate
     from ssl_runner.data.datasets import load_split
     from ssl_runner.data.loaders import pretrain_loader
-    from ssl_runner.methods import build_method, method_schemas
+    from ssl_runner.methods import METHODS, build_method
+    from ssl_runner.stages import stage_names
     from ssl_runner.runtime import keep_freed_memory
 
     overrides = ["method=simclr", "backbone=resnet18", f"data.root={data_root / 'cifar10'}",
                  f"data.subset={batch * (warmup + steps + 1)}", f"data.batch_size={batch}", "trainer=cpu",
                  "monitor.online_probe=false", "monitor.knn_every_n_epochs=0", "monitor.collapse=false"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = validate(compose(config_name="config", overrides=overrides), method_schemas())
+        cfg = validate(compose(config_name="config", overrides=overrides), METHODS, stage_names())
     keep_freed_memory()
     torch.manual_seed(0)
     method = build_method(cfg, 0)  # the same backbone and head, channels-last
@@ -145,7 +146,7 @@ def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precis
         for module in method.ssl_modules().values():
             module.compile()
     images = load_split(cfg.data, "train", cfg.seed)
-    loader = pretrain_loader(cfg.data, images, method.recipe, method.num_views)
+    loader = pretrain_loader(cfg.data, images, method.view_maker, batch_size=batch)
     return fit(method, loader, warmup, steps, batch, precision)
 
 

@@ -62,7 +62,7 @@ def main() -> None:
 
     from ssl_runner.config import CIFAR10_MEAN, CIFAR10_STD
     from ssl_runner.runtime import keep_freed_memory
-    from ssl_runner.data.views import ViewRecipe
+    from ssl_runner.views.recipe import ViewRecipe
 
     files = cifar_files(args.images)
     pil = [Image.open(f).convert("RGB") for f in files]
@@ -79,17 +79,17 @@ def main() -> None:
         for image in pil[:1024]:
             peer(image)
 
-    ours_recipe = ViewRecipe.simclr(size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    ours_recipe = ViewRecipe.simclr(size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD, num_views=2)
     batches = uint8.split(args.batch)
     assert tuple(ours_recipe(batches[0]).shape) == (len(batches[0]), 3, 32, 32)
 
     def ours_all() -> None:
         for batch in batches:
-            ours_recipe.views(batch, 2)  # as BaseMethod.make_views
+            ours_recipe.views(batch)  # as BaseMethod.make_views
 
     def ours_per_image() -> None:
         for i in range(256):
-            ours_recipe.views(uint8[i:i + 1], 2)
+            ours_recipe.views(uint8[i:i + 1])
 
     lightly_rate = rate(lightly_all, 1024)
     per_image_rate = rate(ours_per_image, 256)

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 import hydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ssl_runner.errors import EXIT_USER_ERROR, UserError
 from ssl_runner.safe_io import write_failure, write_failure_paragraph
@@ -31,6 +31,25 @@ def config_dir() -> str:
         if (candidate / "config.yaml").is_file():
             return str(candidate)
     raise RuntimeError(f"ssl_runner's config tree is missing (looked in {here.parent / 'conf'} and {here / 'conf'})")
+
+
+def config_groups() -> str:
+    """The config groups and their options, for `--help`: the groups of
+    `conf/` a user chooses from. A preset's per-method adjustments
+    (conf/experiment/<preset>/<method>.yaml) are applied by themselves, so
+    they are named once, not listed as groups of their own."""
+    root = Path(config_dir())
+    lines = []
+    for group in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")):
+        options = ", ".join(sorted(f.stem for f in group.glob("*.yaml")))
+        lines.append(f"{group.name}: {options}")
+        adjusted = sorted(d.name for d in group.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
+        if adjusted:
+            lines.append(f"  (with method adjustments in {group.name}/<preset>/<method>.yaml: {', '.join(adjusted)})")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("ssl_runner_config_groups", config_groups)
 
 
 # Lightning's advice that does not apply: in-memory data needs no workers, and
@@ -75,7 +94,8 @@ def _hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
 def hydra_error_paragraph(err: HydraException) -> str:
     """Hydra's composition errors as one paragraph: a misspelt key is named
     with the closest one (Hydra's advice to add `+` would add the typo)."""
-    from ssl_runner.config import RunConfig, unknown_key_message
+    from ssl_runner.config import RunConfig
+    from ssl_runner.validation import unknown_key_message
 
     text = str(err)
     key = re.search(r"Could not override '([^']+)'", text)

@@ -1,11 +1,13 @@
-"""Loading a pretrained encoder for the evaluation stages, strictly.
+"""The encoder file: writing it after pretraining, and loading a pretrained
+encoder for the evaluation stages, strictly.
 
-Two files are accepted: the `encoder.pt` a pretrain stage exports (plain
-tensors, read with `weights_only=True`) and a Lightning checkpoint of an
-ssl_runner method (its `backbone.*` weights). Either way the backbone is
-rebuilt from the config stored with the weights and loaded with
-`strict=True`: a missing or unexpected key is an error, never a silently
-random layer.
+`save_encoder` writes the `encoder.pt` a pretrain stage exports (plain
+tensors and the configs that rebuild them, `ENCODER_FORMAT`). Two files are
+accepted for loading: that `encoder.pt` (read with `weights_only=True`) and a
+Lightning checkpoint of an ssl_runner method (its `backbone.*` weights).
+Either way the backbone is rebuilt from the config stored with the weights
+and loaded with `strict=True`: a missing or unexpected key is an error, never
+a silently random layer.
 """
 
 from __future__ import annotations
@@ -18,14 +20,36 @@ import logging
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
 
-from ssl_runner.config import BackboneConfig, check_backbone
+from ssl_runner.config import BackboneConfig, to_plain
 from ssl_runner.errors import UserError
-from ssl_runner.methods.base import ENCODER_FORMAT
-from ssl_runner.models.backbones import Backbone, build_backbone
+from ssl_runner.models.backbones import Backbone, build_backbone, check_backbone
+from ssl_runner.safe_io import atomic_torch_save
 
 
 log = logging.getLogger(__name__)
+
+ENCODER_FORMAT = "ssl_runner.encoder/1"
+
+
+def save_encoder(path: Path, cfg: DictConfig, backbone: nn.Module, heads: Dict[str, Tensor]) -> None:
+    """Write `backbone`'s weights (and a method's `heads`, its other tensors)
+    to `path` as plain tensors, with the method, backbone config and image
+    size of the run `cfg`: loadable with `torch.load(weights_only=True)` and
+    strictly by `load_encoder`."""
+    atomic_torch_save(
+        {
+            "format": ENCODER_FORMAT,
+            "method": cfg.method.name,
+            "method_config": to_plain(cfg.method),
+            "backbone_config": to_plain(cfg.backbone),
+            "image_size": int(cfg.data.image_size),
+            "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+            "heads": {k: v.detach().cpu() for k, v in heads.items()},
+        },
+        path,
+    )
 
 
 @dataclass

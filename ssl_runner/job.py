@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_runner import distributed
+from ssl_runner.distributed import collectives, launch
 from ssl_runner.errors import EXIT_COLLECTIVE_FAILURE, EXIT_USER_ERROR, UserError
 from ssl_runner.run_dir import SUMMARY
 from ssl_runner.run_lock import LOCK_FILE, RunFolderLock
@@ -57,13 +57,13 @@ def _failure(err: BaseException, multirun: bool) -> Optional[Failure]:
     if isinstance(err, _WorkerFailed):
         return Failure(EXIT_COLLECTIVE_FAILURE, "failed", str(err))
     if isinstance(err, UserError):
-        prefix = "" if distributed.is_main_process() else f"(rank {distributed.rank()}) "
+        prefix = "" if collectives.is_main_process() else f"(rank {collectives.rank()}) "
         return Failure(err.exit_code, err.status, prefix + err.paragraph())
     disk = write_failure(err)
     if disk is not None:
         return Failure(EXIT_USER_ERROR, "failed", write_failure_paragraph(disk))
-    if isinstance(err, Exception) and distributed.is_collective_failure(err):
-        return Failure(EXIT_COLLECTIVE_FAILURE, "failed", distributed.collective_failure_message(err))
+    if isinstance(err, Exception) and launch.is_collective_failure(err):
+        return Failure(EXIT_COLLECTIVE_FAILURE, "failed", launch.collective_failure_message(err))
     if multirun and isinstance(err, Exception):
         log.error("the job crashed:\n%s", "".join(traceback.format_exception(err)))
         return Failure(EXIT_CRASHED, "failed", f"error: the job crashed ({type(err).__name__}: {err})")
@@ -127,8 +127,9 @@ def _record_failed_job(cfg: DictConfig, run_dir: Path, failure: Failure) -> None
 def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """Run one job in Hydra's run folder; returns its summary (None after a
     failure in a multirun, where the sweep goes on)."""
-    from ssl_runner.config import validate
-    from ssl_runner.methods import method_schemas
+    from ssl_runner.validation import validate
+    from ssl_runner.methods import METHODS
+    from ssl_runner.stages import stage_names
     from ssl_runner.pipeline import run_pipeline
     from ssl_runner.runtime import keep_freed_memory
 
@@ -145,11 +146,11 @@ def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
         except UserError:  # another run's folder: touch nothing, record nothing
             lock = None
             raise
-        typed = validate(cfg, method_schemas())
+        typed = validate(cfg, METHODS, stage_names())
         if typed.trainer.keep_freed_memory:
             keep_freed_memory()
-        distributed.check_plan(typed)
-        session = distributed.start(typed, run_dir)
+        launch.check_plan(typed)
+        session = launch.start(typed, run_dir)
         if session is not None and session.run_dir != run_dir:
             # torchrun / SLURM: this rank's Hydra made a folder of its own; all use rank 0's.
             discard_empty_run_dir(run_dir)
@@ -184,7 +185,7 @@ def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     finally:
         if lock is not None:
             lock.release()
-    if distributed.is_main_process():
+    if collectives.is_main_process():
         results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()}
         log.info("run folder %s: %s", run_dir, results)
     return summary

@@ -10,8 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from ssl_runner.__main__ import config_dir
-from ssl_runner.config import validate
-from ssl_runner.methods import method_schemas
+from ssl_runner.validation import validate
+from ssl_runner.methods import METHODS
+from ssl_runner.stages import stage_names
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def compose_config(overrides: List[str] = (), validated: bool = True):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
-    return validate(cfg, method_schemas()) if validated else cfg
+    return validate(cfg, METHODS, stage_names()) if validated else cfg
 
 
 @pytest.fixture(scope="session")

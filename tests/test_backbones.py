@@ -84,3 +84,38 @@ def test_feature_layer_is_validated():
 
     with pytest.raises(UserError, match="eval.feature_layer"):
         compose_config(["eval.feature_layer=layer5"])
+
+
+@pytest.mark.parametrize("overrides, image_size", [
+    (dict(name="resnet_tiny", depth=10, width=0.25), 32),
+    (dict(name="resnet_tiny", depth=10, width=0.25), 33),
+    (dict(name="resnet_tiny", depth=10, width=0.25, cifar_stem=False), 97),
+    (dict(name="resnet50", depth=50, width=0.125), 224),
+    (dict(name="nin", width=0.1), 32),
+    (dict(name="nin_small", num_blocks=5, width=0.1), 27),
+])
+def test_feature_map_shape_is_the_shape_a_forward_pass_gives(overrides, image_size):
+    from ssl_runner.models.backbones import feature_map_shape
+
+    net = build_backbone(cfg(**overrides), image_size=image_size).eval()
+    x = torch.zeros(1, 3, image_size, image_size)
+    with torch.no_grad():
+        for stage in net.stage_names:
+            assert feature_map_shape(net, stage, image_size) == tuple(net.feature_map(x, stage).shape[1:]), stage
+            truncated = net.truncated(stage)
+            assert feature_map_shape(truncated, stage, image_size) == feature_map_shape(net, stage, image_size)
+    with pytest.raises(ValueError, match="unknown backbone stage"):
+        feature_map_shape(net.truncated(net.stage_names[0]), net.stage_names[-1], image_size)
+
+
+def test_the_name_selects_the_backbone_and_each_kind_checks_its_settings():
+    from ssl_runner.errors import UserError
+    from ssl_runner.models.backbones.nin import NetworkInNetwork
+    from ssl_runner.models.backbones.resnet import ResNet
+
+    assert isinstance(build_backbone(cfg(name="nin_tiny", width=0.1), 32), NetworkInNetwork)
+    assert isinstance(build_backbone(cfg(name="ninja", depth=10, width=0.25), 32), ResNet)
+    with pytest.raises(UserError, match="config key 'backbone.depth' is '7', which is not one of: 10, 18, 34, 50."):
+        compose_config(["backbone.depth=7"])
+    with pytest.raises(UserError, match="config key 'backbone.width' is 0.0; it must be positive"):
+        compose_config(["backbone.width=0"])

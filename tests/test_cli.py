@@ -229,3 +229,14 @@ def test_wandb_offline_leaves_one_syncable_run_per_stage(tmp_path, data_dir):
     records = _wandb_run_records(run_dir)
     assert sorted(job for _, job in records) == ["knn", "knn_random_init", "linear", "linear_random_init", "pretrain"]
     assert len({group for group, _ in records}) == 1 and records[0][0].endswith("w")
+
+
+def test_help_lists_the_groups_a_user_chooses_from(tmp_path, data_dir):
+    proc = run_cli(["--help"], tmp_path, data_dir)
+    assert proc.returncode == 0, proc.stderr
+    groups = dict(line.split(": ", 1) for line in proc.stdout.split("== Config ==")[0].splitlines()
+                  if ": " in line and not line.startswith(" "))
+    assert "simclr" in groups["method"].split(", ") and "smoke" in groups["experiment"].split(", ")
+    # The per-method preset files are applied by themselves, never chosen: no group of their own.
+    assert not [g for g in groups if "/" in g or g == "experiment_method"], groups
+    assert "experiment/<preset>/<method>.yaml: cifar10_cpu, looc_rotation_cpu, smoke" in proc.stdout

@@ -11,9 +11,9 @@ import torch
 from conftest import compose_config, run_method_cli
 
 from ssl_runner.data.datasets import ImageSet
-from ssl_runner.data.lab import (ab_gamut_bins, annealed_mean, empirical_bin_distribution, gray_from_lightness,
-                                 lab_to_rgb, nearest_bin, rebalanced_cross_entropy, rebalancing_weights, rgb_to_lab,
-                                 smooth_distribution, soft_encode)
+from ssl_runner.losses.colorization import rebalanced_cross_entropy, rebalancing_weights, smooth_distribution
+from ssl_runner.views.ab_bins import ab_gamut_bins, annealed_mean, empirical_bin_distribution, nearest_bin, soft_encode
+from ssl_runner.views.lab import gray_from_lightness, lab_to_rgb, rgb_to_lab
 
 
 def _pixels(values):
@@ -178,7 +178,7 @@ def _method(cifar_root, *overrides):
 
 def test_views_are_the_lightness_in_gray_and_the_downsampled_ab(cifar_root):
     module, cfg = _method(cifar_root)
-    assert [a.name for a in module.recipe.recipe.augmentations] == ["crop", "flip"]
+    assert [a.name for a in module.view_maker.recipe.augmentations] == ["crop", "flip"]
     # One colour per image: every crop shows that colour, so the targets are exact.
     colours = torch.tensor([[200, 30, 40], [20, 160, 90], [128, 128, 128]], dtype=torch.uint8)
     images = colours.view(3, 3, 1, 1).expand(3, 3, 40, 40).contiguous()

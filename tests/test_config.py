@@ -91,10 +91,13 @@ def test_a_required_value_left_unset_is_named():
 
 
 def test_per_method_preset_adjustments_apply_only_to_their_pair_and_lose_to_the_command_line():
-    for path in sorted((CONF / "experiment_method").glob("*.yaml")):
-        experiment, method = next((e.stem, path.stem[len(e.stem) + 1:]) for e in (CONF / "experiment").glob("*.yaml")
-                                  if path.stem.startswith(e.stem + "_"))
-        assert (CONF / "method" / f"{method}.yaml").is_file(), path.name
+    # conf/experiment/<preset>/<method>.yaml: beside the preset it adjusts.
+    paths = sorted((CONF / "experiment").glob("*/*.yaml"))
+    assert len(paths) == 10
+    for path in paths:
+        experiment, method = path.parent.name, path.stem
+        assert (CONF / "experiment" / f"{experiment}.yaml").is_file(), path
+        assert (CONF / "method" / f"{method}.yaml").is_file(), path
         compose_config([f"experiment={experiment}", f"method={method}"])  # validates
     npid = compose_config(["experiment=cifar10_cpu", "method=npid"])
     assert (npid.optimizer.name, npid.optimizer.lr, npid.trainer.max_epochs) == ("sgd", 0.03, 12)
@@ -127,3 +130,22 @@ def test_scheduler_and_nesterov_settings_are_validated():
         compose_config(["optimizer=adamw", "optimizer.nesterov=true"])
     with pytest.raises(UserError, match="eval.nonlinear.pool.*max, avg"):
         compose_config(["eval.nonlinear.pool=min"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method=byol", "method.momentum_schedule=linear"], "'method.momentum_schedule' is 'linear', which is not one "
+                                                          "of: constant, cosine."),
+    (["method=mocov1", "method.momentum_schedule=step"], "method.momentum_schedule"),
+    (["method=looc", "method.momentum_schedule=step"], "method.momentum_schedule"),
+    (["method=relative_loc", "method.scale=huge"], "'method.scale' is 'huge', which is not one of: cifar, cifar64, "
+                                                   "96px, imagenet."),
+    (["method=context_encoder", "method.mask=circle"], "'method.mask' is 'circle', which is not one of: centre, "
+                                                       "random_block, random_region."),
+    (["method=counting", "method.interpolations=[bilinear,lanczos]"], r"'method.interpolations' is \['bilinear', "
+                                                                       r"'lanczos'\]; it needs one or more of"),
+    (["method=exemplar", "method.num_exemplars=0"], "must both be at least 1"),
+])
+def test_each_methods_own_checks_run_with_the_config(overrides, message):
+    """`BaseMethod.check_config`, declared by each method, runs in `validate`."""
+    with pytest.raises(UserError, match=message):
+        compose_config(overrides)

@@ -10,9 +10,11 @@ import torch
 from conftest import compose_config, run_method_cli
 from torchvision.io import read_image
 
-from ssl_runner.data.masks import centre_mask, draw_mask, masked_l2_loss, random_block_mask, random_region_mask
+from ssl_runner.errors import UserError
+from ssl_runner.losses import discriminator_loss, discriminator_top1, generator_adversarial_loss, masked_l2_loss
 from ssl_runner.methods import build_method
 from ssl_runner.methods.context_encoder import ARTIFACT_MASK_SEED, GRID_FILE
+from ssl_runner.views.masks import centre_mask, draw_mask, random_block_mask, random_region_mask
 
 
 def _seeded(seed: int) -> torch.Generator:
@@ -132,7 +134,7 @@ def _method(cifar_root, *overrides):
 
 def test_the_encoder_sees_the_image_with_the_region_at_the_mean_and_the_loss_is_on_the_region(cifar_root):
     cfg, module = _method(cifar_root)
-    assert [a.name for a in module.recipe.augmentations] == ["crop", "flip"]
+    assert [a.name for a in module.view_maker.augmentations] == ["crop", "flip"]
     assert module.automatic_optimization and module.discriminator is None
     images = torch.randn(6, 3, 32, 32)
     seen = []
@@ -194,7 +196,7 @@ def test_one_adversarial_step_trains_both_players_with_separate_optimizers(cifar
 
 
 def test_the_adversarial_term_refuses_gradient_accumulation(cifar_root):
-    with pytest.raises(ValueError, match="accumulate_grad_batches"):
+    with pytest.raises(UserError, match="accumulate_grad_batches"):
         _method(cifar_root, "method.adversarial_weight=0.001", "trainer.accumulate_grad_batches=2")
     _, module = _method(cifar_root, "trainer.accumulate_grad_batches=2")  # L2 alone: automatic, accumulates
     assert module.automatic_optimization
@@ -237,3 +239,12 @@ def test_smoke_run_writes_the_grid_and_the_reconstruction_loss_falls(cifar_root,
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert len([r for r in rows if r.get("train/reconstruction_loss")]) == 2
+
+
+def test_the_gan_losses_against_hand_computed_values():
+    real, fake = torch.tensor([[2.0], [-1.0]]), torch.tensor([[0.5], [-3.0]])
+    softplus = torch.nn.functional.softplus  # -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x)
+    torch.testing.assert_close(generator_adversarial_loss(fake), softplus(-fake).mean())
+    torch.testing.assert_close(discriminator_loss(real, fake), softplus(-real).mean() + softplus(fake).mean())
+    # Right: real 2.0 and fake -3.0; wrong: real -1.0 and fake 0.5.
+    assert float(discriminator_top1(real, fake)) == 50.0

@@ -100,7 +100,7 @@ def test_pirl_step_on_real_images_mixes_its_logged_terms_and_updates_the_batch_r
     images = load_split(cfg.data, "train", cfg.seed)
     torch.manual_seed(0)
     module = build_method(cfg, len(images.classes), len(images))
-    loader = pretrain_loader(cfg.data, images, module.recipe, module.num_views)
+    loader = pretrain_loader(cfg.data, images, module.view_maker, batch_size=cfg.data.batch_size)
     batch = next(iter(loader))[0]
     image, tiles = batch if isinstance(batch, (list, tuple)) else module.make_views(batch)
     assert image.shape == (32, 3, 32, 32) and tiles.shape == (32, 9, 3, 18, 18)

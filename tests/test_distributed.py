@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from conftest import compose_config
 from torch import nn
 
-from ssl_runner import distributed
+from ssl_runner.distributed import collectives, launch
 from ssl_runner.errors import UserError
 from ssl_runner.models.global_batchnorm import GlobalBatchNorm, convert_batchnorm, count_synchronised
 
@@ -173,7 +173,7 @@ def test_simclr_step_on_two_ranks_equals_one_rank_with_the_whole_batch(tmp_path,
     images = load_split(method.cfg.data, "train", 0)
     real = images.images[: 2 * B]  # real CIFAR-10 images, uint8
     torch.manual_seed(0)
-    views = torch.stack([method.recipe(real), method.recipe(real)])  # 2 views x 2B images
+    views = torch.stack([method.view_maker(real), method.view_maker(real)])  # 2 views x 2B images
     torch.save({"overrides": overrides, "state": method.state_dict(), "views": views}, tmp_path / "inputs.pt")
     ref_loss, ref_grads = _step(method, views)
     _spawn(_simclr_worker, tmp_path)
@@ -194,12 +194,12 @@ def test_simclr_step_on_two_ranks_equals_one_rank_with_the_whole_batch(tmp_path,
 def _gather_worker(rank: int, tmp: Path) -> None:
     _init(rank, tmp)
     total = 7  # not a multiple of the world size
-    rows = torch.tensor(list(distributed.shard_indices(total)), dtype=torch.float32)[:, None] * 10
-    strided = distributed.gather_strided(rows, total)
+    rows = torch.tensor(list(collectives.shard_indices(total)), dtype=torch.float32)[:, None] * 10
+    strided = collectives.gather_strided(rows, total)
     # A DistributedSampler pads 7 samples to 8 by repeating the first one.
     padded = list(range(total)) + [0]
     mine = torch.tensor(padded[rank::WORLD])
-    by_index = distributed.gather_by_index(mine.float()[:, None] * 10, mine)
+    by_index = collectives.gather_by_index(mine.float()[:, None] * 10, mine)
     torch.save({"strided": strided, "by_index": by_index}, tmp / f"gather{rank}.pt")
     dist.destroy_process_group()
 
@@ -228,7 +228,7 @@ def _failing_worker(rank: int, tmp: Path, how: str) -> None:
         dist.all_reduce(torch.ones(3))
         outcome = "returned"
     except Exception as err:
-        outcome = f"{'recognised' if distributed.is_collective_failure(err) else 'unrecognised'} {err}"[:300]
+        outcome = f"{'recognised' if launch.is_collective_failure(err) else 'unrecognised'} {err}"[:300]
     (tmp / "outcome.txt").write_text(f"{time.monotonic() - start:.1f}\n{outcome}")
     os._exit(0)
 
@@ -250,24 +250,13 @@ def test_a_dead_or_stalled_rank_makes_the_others_fail_within_the_timeout(tmp_pat
 
 # ---- checks before launch -----------------------------------------------------------------
 
-def test_global_batch_is_split_across_processes_and_refused_when_it_does_not_divide():
-    cfg = compose_config(["trainer=ddp_cpu", "data.global_batch_size=512"])
-    assert distributed.check_plan(cfg) == 2 and cfg.data.batch_size == 256
-    cfg = compose_config(["trainer=ddp_cpu", "trainer.accumulate_grad_batches=2", "data.global_batch_size=512"])
-    distributed.check_plan(cfg)
-    assert cfg.data.batch_size == 128
-    cfg = compose_config(["trainer=ddp_cpu", "trainer.devices=3", "data.global_batch_size=512"])
-    with pytest.raises(UserError, match=r"global_batch_size=512 does not divide across 3 process"):
-        distributed.check_plan(cfg)
-
-
 def test_several_devices_need_the_ddp_strategy_and_the_launcher_must_agree(monkeypatch):
     with pytest.raises(UserError, match="trainer.strategy is 'auto'"):
-        distributed.check_plan(compose_config(["trainer=cpu", "trainer.devices=2"]))
+        launch.check_plan(compose_config(["trainer=cpu", "trainer.devices=2"]))
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="launcher started 4 processes but the config asks for 2"):
-        distributed.check_plan(compose_config(["trainer=ddp_cpu"]))
+        launch.check_plan(compose_config(["trainer=ddp_cpu"]))
 
 
 # ---- the command line with several processes ----------------------------------------------
@@ -479,7 +468,7 @@ def test_two_nodes_on_localhost_through_torchrun(tmp_path, cifar_root):
     import sys
 
     run_dir = tmp_path / "two_nodes"
-    port = distributed._free_port()
+    port = launch._free_port()
     args = ["method=simclr", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=1",
             "trainer.num_nodes=2", "eval.random_baseline=false", f"hydra.run.dir={run_dir}"]
     nodes = [
@@ -538,7 +527,7 @@ def test_slurm_preset_submits_one_task_per_gpu_on_every_node(tmp_path, monkeypat
         assert line in script, script
     # The preset's world is what the ranks will check against SLURM_NTASKS.
     typed = compose_config(overrides[:5])
-    assert distributed.planned_world_size(typed) == 32
+    assert launch.planned_world_size(typed) == 32
 
 
 def test_learning_rate_rule_uses_the_global_batch():

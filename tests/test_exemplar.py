@@ -15,10 +15,10 @@ from conftest import compose_config, run_method_cli
 
 from ssl_runner.data.datasets import ImageSet
 from ssl_runner.data.loaders import pretrain_loader
-from ssl_runner.data.views import HSVPower, PrincipalComponentScaling, RandomRotation
 from ssl_runner.errors import UserError
 from ssl_runner.methods import build_method
 from ssl_runner.methods.exemplar import Exemplar
+from ssl_runner.views.exemplar import HSVPower, PrincipalComponentScaling, RandomRotation
 
 
 def _cfg(*overrides: str):
@@ -34,16 +34,17 @@ def _images(n: int = 40) -> ImageSet:
 def test_seeds_are_seeded_sized_distinct_and_independent_of_the_global_rng():
     cfg = _cfg("method.num_exemplars=300")
     torch.manual_seed(1)
-    seeds = Exemplar.pretrain_subset(cfg, 2000)
+    seeds = Exemplar.pretrain_images(cfg, 2000).indices
     torch.manual_seed(2)  # what each rank and each epoch does to the global RNG
     torch.rand(7)
-    assert torch.equal(Exemplar.pretrain_subset(cfg, 2000), seeds)  # so also after a restart
+    assert torch.equal(Exemplar.pretrain_images(cfg, 2000).indices, seeds)  # so also after a restart
     assert len(seeds) == 300 and len(seeds.unique()) == 300
     assert torch.equal(seeds, seeds.sort().values) and 0 <= int(seeds.min()) and int(seeds.max()) < 2000
-    other = Exemplar.pretrain_subset(_cfg("method.num_exemplars=300", "seed=1"), 2000)
+    other = Exemplar.pretrain_images(_cfg("method.num_exemplars=300", "seed=1"), 2000).indices
     assert not torch.equal(other, seeds)
     # All images are seeds when N equals the split.
-    assert torch.equal(Exemplar.pretrain_subset(_cfg("method.num_exemplars=2000"), 2000), torch.arange(2000))
+    every_image = Exemplar.pretrain_images(_cfg("method.num_exemplars=2000"), 2000).indices
+    assert torch.equal(every_image, torch.arange(2000))
 
 
 def _rank_worker(rank: int, tmp: Path) -> None:
@@ -51,7 +52,7 @@ def _rank_worker(rank: int, tmp: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp / 'store'}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     torch.manual_seed(1000 + rank)  # ranks draw different views: their global RNGs differ
-    seeds = Exemplar.pretrain_subset(_cfg("method.num_exemplars=300"), 2000)
+    seeds = Exemplar.pretrain_images(_cfg("method.num_exemplars=300"), 2000).indices
     gathered = [torch.empty_like(seeds) for _ in range(2)]
     dist.all_gather(gathered, seeds)
     torch.save(gathered, tmp / f"rank{rank}.pt")
@@ -61,7 +62,7 @@ def _rank_worker(rank: int, tmp: Path) -> None:
 @pytest.mark.distributed
 def test_every_rank_picks_the_same_seeds(tmp_path):
     mp.spawn(_rank_worker, args=(tmp_path,), nprocs=2, join=True)
-    expected = Exemplar.pretrain_subset(_cfg("method.num_exemplars=300"), 2000)
+    expected = Exemplar.pretrain_images(_cfg("method.num_exemplars=300"), 2000).indices
     for rank in range(2):
         for seeds in torch.load(tmp_path / f"rank{rank}.pt"):
             assert torch.equal(seeds, expected)
@@ -72,11 +73,12 @@ def test_an_epoch_shows_each_seed_k_times_labelled_by_its_position_among_the_see
     cfg = _cfg("method.num_exemplars=12", "method.samples_per_exemplar=4", "data.batch_size=8",
                f"data.views_on={views_on}")
     split = _images(40)
-    seeds = Exemplar.pretrain_subset(cfg, len(split))
+    pretrain = Exemplar.pretrain_images(cfg, len(split))
+    seeds = pretrain.indices
     method = build_method(cfg, 10, len(seeds))
-    assert method.num_samples == 12 and method.classifier.out_features == 12
-    loader = pretrain_loader(cfg.data, split.select(seeds), method.recipe, method.num_views,
-                             repeats=Exemplar.pretrain_repeats(cfg))
+    assert method.num_samples == 12 and method.classifier.out_features == 12 and pretrain.repeats == 4
+    loader = pretrain_loader(cfg.data, split.select(seeds), method.view_maker,
+                             batch_size=cfg.data.batch_size, repeats=pretrain.repeats)
     torch.manual_seed(0)
     shown = []
     for images, labels, indices in loader:
@@ -106,7 +108,7 @@ def test_the_method_refuses_a_pretraining_set_other_than_its_seeds():
 def test_every_showing_of_a_seed_is_a_fresh_transformation():
     cfg = _cfg()
     method = build_method(cfg, 10, 500)
-    assert [a.name for a in method.recipe.augmentations] == ["crop", "flip", "small_rotation", "pca_contrast", "hsv"]
+    assert [a.name for a in method.view_maker.augmentations] == ["crop", "flip", "small_rotation", "pca_contrast", "hsv"]
     seed = _images(1).images
     torch.manual_seed(0)
     a, b = method.make_views(seed.expand(2, -1, -1, -1))[0]
@@ -130,10 +132,13 @@ def test_every_showing_of_a_seed_is_a_fresh_transformation():
 
 def test_more_exemplars_than_training_images_is_a_user_error():
     with pytest.raises(UserError, match=r"method.num_exemplars=3000 .* \(2000 images.*at most 2000"):
-        Exemplar.pretrain_subset(_cfg("method.num_exemplars=3000"), 2000)
+        Exemplar.pretrain_images(_cfg("method.num_exemplars=3000"), 2000)
     # An epoch that holds no whole batch is refused too, naming the keys to change.
     with pytest.raises(UserError, match="method.samples_per_exemplar"):
-        Exemplar.pretrain_subset(_cfg("method.num_exemplars=10", "method.samples_per_exemplar=2"), 2000)
+        Exemplar.pretrain_images(_cfg("method.num_exemplars=10", "method.samples_per_exemplar=2"), 2000)
+    # Settings that can never work are refused with the config, before any data are read.
+    with pytest.raises(UserError, match="must both be at least 1"):
+        _cfg("method.samples_per_exemplar=0")
 
 
 @pytest.mark.integration

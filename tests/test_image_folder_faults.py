@@ -21,8 +21,8 @@ from PIL import Image
 from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import load_split
 from ssl_runner.data.loaders import pretrain_loader
-from ssl_runner.data.views import ViewRecipe
 from ssl_runner.errors import UserError
+from ssl_runner.views.recipe import ViewRecipe
 
 IMAGES_PER_CLASS = 6
 
@@ -129,8 +129,8 @@ def test_file_cut_after_its_header_fails_in_a_worker_as_the_original_paragraph(c
     cfg = data_cfg(tmp_path, in_memory=False, views_on="cpu", num_workers=2, batch_size=4)
     images = load_split(cfg, "train", seed=0)
     assert str(truncated) in images.paths and len(images) == 8  # two full batches: every file is read
-    recipe = ViewRecipe.simclr(size=32, mean=list(cfg.mean), std=list(cfg.std))
-    loader = pretrain_loader(cfg, images, recipe, num_views=2)
+    recipe = ViewRecipe.simclr(size=32, mean=list(cfg.mean), std=list(cfg.std), num_views=2)
+    loader = pretrain_loader(cfg, images, recipe, batch_size=cfg.batch_size)
     with pytest.raises(UserError) as err:
         for _ in loader:
             pass
@@ -192,7 +192,7 @@ def test_the_runner_labels_test_images_by_train_classes(cifar_root, tmp_path, mo
     """test/ lacks train's first class (which used to shift every test label by one)."""
     from conftest import compose_config
 
-    from ssl_runner.pipeline import RunContext
+    from ssl_runner.stages.context import RunContext
 
     copy_classes(cifar_root, tmp_path / "train", ["airplane", "cat", "dog"])
     copy_classes(cifar_root, tmp_path / "test", ["cat", "dog"])

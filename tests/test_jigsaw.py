@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_runner.data import jigsaw
-from ssl_runner.data.jigsaw import (CIFAR_GEOMETRY, PAPER_GEOMETRY, JigsawTiles, all_permutations,
-                                    cached_permutation_set, hamming_permutation_set, permutation_set_file,
-                                    standardize_tiles)
-from ssl_runner.data.views import grayscale
+from ssl_runner.views import jigsaw_permutations
+from ssl_runner.views.color import grayscale
+from ssl_runner.views.jigsaw import CIFAR_GEOMETRY, PAPER_GEOMETRY, JigsawTiles, standardize_tiles
+from ssl_runner.views.jigsaw_permutations import (all_permutations, cached_permutation_set, hamming_permutation_set,
+                                                  permutation_set_file)
 
 
 def _pairwise_hamming(permutations):
@@ -115,7 +115,7 @@ def test_cached_set_is_written_once_then_loaded(tmp_path, monkeypatch):
     assert all(part in path.name for part in ("size12", "tiles4", "seed2"))
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left behind
     assert torch.equal(first, hamming_permutation_set(12, 4, seed=2))
-    monkeypatch.setattr(jigsaw, "hamming_permutation_set", _generation_forbidden)
+    monkeypatch.setattr(jigsaw_permutations, "hamming_permutation_set", _generation_forbidden)
     assert torch.equal(cached_permutation_set(12, 4, seed=2, cache_dir=tmp_path), first)
     with pytest.raises(AssertionError, match="regenerated"):  # another seed is another file
         cached_permutation_set(12, 4, seed=3, cache_dir=tmp_path)
@@ -332,8 +332,8 @@ def test_dataset_normalised_tiles_are_the_raw_tiles_with_the_data_sets_mean_and_
     monkeypatch.setenv("SSL_RUNNER_CACHE", str(tmp_path))
     overrides = ["method=jigsaw", "method.permutations=100", "experiment=smoke", f"data.root={cifar_root}"]
     cfg = compose_config(overrides + ["method.tile_normalization=dataset"])
-    per_tile = build_method(compose_config(overrides), 10, 64).recipe
-    dataset = build_method(cfg, 10, 64).recipe
+    per_tile = build_method(compose_config(overrides), 10, 64).view_maker
+    dataset = build_method(cfg, 10, 64).view_maker
     assert dataset.tiles.normalize_tiles is False and per_tile.mean is None
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     tiles, labels = dataset.views(images, generator=torch.Generator().manual_seed(3))

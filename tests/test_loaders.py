@@ -3,13 +3,14 @@ images, labels and indices, in every loader kind."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import load_split
 from ssl_runner.data.loaders import InMemoryBatches, eval_loader, labelled_train_loader, pretrain_loader
-from ssl_runner.data.views import ViewRecipe
+from ssl_runner.views.recipe import ViewRecipe
 
 
 def _images(cifar_root, **kw):
@@ -19,8 +20,8 @@ def _images(cifar_root, **kw):
 
 def test_in_memory_pretraining_batches_are_fetched_whole_and_match_their_indices(cifar_root):
     cfg, images = _images(cifar_root)
-    recipe = ViewRecipe.simclr(size=32, mean=list(cfg.mean), std=list(cfg.std))
-    loader = pretrain_loader(cfg, images, recipe, num_views=2)
+    recipe = ViewRecipe.simclr(size=32, mean=list(cfg.mean), std=list(cfg.std), num_views=2)
+    loader = pretrain_loader(cfg, images, recipe, batch_size=cfg.batch_size)
     assert isinstance(loader.dataset, InMemoryBatches)
     seen = []
     for x, y, idx in loader:
@@ -43,5 +44,9 @@ def test_eval_and_labelled_loaders_keep_order_and_pairing(cifar_root):
         assert torch.equal(x, images.images[idx]) and torch.equal(y, images.labels[idx])
     # Views made per image in workers: lists of float views, labels still paired.
     cfg_cpu = OmegaConf.merge(cfg, {"views_on": "cpu"})
-    views, y, idx = next(iter(pretrain_loader(cfg_cpu, images, recipe, num_views=2)))
+    pairs = ViewRecipe.simclr(size=32, mean=list(cfg.mean), std=list(cfg.std), num_views=2)
+    views, y, idx = next(iter(pretrain_loader(cfg_cpu, images, pairs, batch_size=cfg.batch_size)))
     assert len(views) == 2 and views[0].dtype == torch.float32 and torch.equal(y, images.labels[idx])
+    # A supervised stage trains on one view per image: a pair maker is refused.
+    with pytest.raises(ValueError, match="one view per image"):
+        labelled_train_loader(cfg_cpu, images, pairs, batch_size=25)

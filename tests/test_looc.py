@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from conftest import compose_config
 
-from ssl_runner.data.leave_one_out import LeaveOneOutViews
-from ssl_runner.data.views import Rotation90, ViewRecipe
 from ssl_runner.errors import UserError
 from ssl_runner.losses import info_nce_loss, leave_one_out_info_nce, looc_loss, looc_masks
+from ssl_runner.views.augmentations import Rotation90
+from ssl_runner.views.leave_one_out import LeaveOneOutViews
+from ssl_runner.views.recipe import ViewRecipe
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -70,12 +71,11 @@ def test_leave_one_out_views_are_made_from_their_parameters():
     torch.manual_seed(0)
     views = LeaveOneOutViews(_recipe(), ["rotation"])
     images = torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8)
-    made = views.views(images, 3, generator=torch.Generator().manual_seed(5))
+    made = views.views(images, generator=torch.Generator().manual_seed(5))
     params = views.sample(4, 20, 20, generator=torch.Generator().manual_seed(5))
+    assert views.num_views == len(made) == len(params) == 3
     for view, p in zip(made, params):
         torch.testing.assert_close(view, views.recipe.apply(images, p))
-    with pytest.raises(ValueError, match="3 at a time"):
-        views.views(images, 2)
     with pytest.raises(ValueError, match="not in the view recipe"):
         LeaveOneOutViews(ViewRecipe.simclr(16, MEAN, STD), ["rotation"])
 
@@ -212,7 +212,7 @@ class _RotationInvariant(torch.nn.Module):
 
 def _probe_context(tmp_path, cifar_root, encoder, monkeypatch):
     from ssl_runner.encoder import LoadedEncoder
-    from ssl_runner.pipeline import RunContext
+    from ssl_runner.stages.context import RunContext
     from ssl_runner.run_dir import Manifest
 
     cfg = compose_config(["experiment=smoke", f"data.root={cifar_root}", "data.subset=400", "data.test_subset=400",
@@ -224,7 +224,9 @@ def _probe_context(tmp_path, cifar_root, encoder, monkeypatch):
 
 @pytest.mark.integration
 def test_rotation_probe_finds_orientation_only_where_the_features_keep_it(tmp_path, cifar_root, monkeypatch):
-    from ssl_runner.pipeline import stage_probe_rotation
+    from ssl_runner.stages import STAGES
+
+    stage_probe_rotation = STAGES["probe_rotation"].run
 
     sensitive = stage_probe_rotation(_probe_context(tmp_path / "a", cifar_root, _QuadrantMeans(), monkeypatch))
     assert sensitive["chance"] == 25.0 and sensitive["test_images"] == 400
@@ -235,7 +237,9 @@ def test_rotation_probe_finds_orientation_only_where_the_features_keep_it(tmp_pa
 
 @pytest.mark.integration
 def test_colour_probe_tells_grayscale_from_colour_features(tmp_path, cifar_root, monkeypatch):
-    from ssl_runner.pipeline import stage_probe_color
+    from ssl_runner.stages import STAGES
+
+    stage_probe_color = STAGES["probe_color"].run
 
     result = stage_probe_color(_probe_context(tmp_path, cifar_root, _QuadrantMeans(), monkeypatch))
     # A grayscale image has equal channel means; "equal" is not a linear boundary, so not
@@ -246,7 +250,9 @@ def test_colour_probe_tells_grayscale_from_colour_features(tmp_path, cifar_root,
 @pytest.mark.integration
 def test_looc_plus_plus_refuses_an_encoder_without_heads_to_concatenate(tmp_path, cifar_root, monkeypatch):
     from ssl_runner.encoder import LoadedEncoder
-    from ssl_runner.pipeline import stage_linear_concat
+    from ssl_runner.stages import STAGES
+
+    stage_linear_concat = STAGES["linear_concat"].run
 
     ctx = _probe_context(tmp_path, cifar_root, _QuadrantMeans(), monkeypatch)
     monkeypatch.setattr(ctx, "encoder", lambda: LoadedEncoder(_QuadrantMeans(), "simclr", "enc.pt"))

@@ -23,7 +23,7 @@ def _setup(cifar_root, method, *overrides, subset=256, batch=64):
     images = load_split(cfg.data, "train", cfg.seed)
     torch.manual_seed(0)
     module = build_method(cfg, len(images.classes), len(images))
-    return cfg, module, pretrain_loader(cfg.data, images, module.recipe, module.num_views)
+    return cfg, module, pretrain_loader(cfg.data, images, module.view_maker, batch_size=cfg.data.batch_size)
 
 
 def _trainer(tmp_path, batches, epochs=1, callbacks=()):
@@ -47,7 +47,7 @@ class Snapshot(Callback):
         self.records.append((self.before, after, online))
 
 
-@pytest.mark.parametrize("method,target", [("mocov2", "key_encoder"), ("byol", "target")])
+@pytest.mark.parametrize("method,target", [("mocov2", "key_encoder"), ("byol", "target"), ("looc", "key_encoder")])
 def test_momentum_copy_changes_only_by_the_ema_of_the_updated_online_network(cifar_root, tmp_path, method, target):
     cfg, module, loader = _setup(cifar_root, method, "method.momentum=0.9", "method.momentum_schedule=constant")
     snap = Snapshot(target, lambda m: torch.nn.Sequential(m.backbone, m.projector))

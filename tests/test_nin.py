@@ -15,8 +15,8 @@ from ssl_runner.config import BackboneConfig
 from ssl_runner.errors import UserError
 from ssl_runner.eval.nonlinear import FeatureMap, NonLinearHead
 from ssl_runner.models.backbones import TruncatedBackbone, build_backbone
+from ssl_runner.models.backbones.nin import NetworkInNetwork
 from ssl_runner.models.global_batchnorm import GlobalBatchNorm, convert_batchnorm
-from ssl_runner.models.nin import NetworkInNetwork
 
 
 def nin(**kw) -> NetworkInNetwork:

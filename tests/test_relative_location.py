@@ -11,12 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_runner.data.relative_location import (
-    NEIGHBOUR_OFFSETS,
-    SCALES,
-    RelativeLocationPairs,
-    project_out_green_magenta,
-)
+from ssl_runner.views.chromatic_guards import project_out_green_magenta
+from ssl_runner.views.relative_location import NEIGHBOUR_OFFSETS, SCALES, RelativeLocationPairs
 
 PATCH, GAP, JITTER = 12, 6, 2
 

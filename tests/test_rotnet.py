@@ -35,7 +35,7 @@ def test_every_image_appears_in_all_four_rotations_of_its_batch(cifar_root):
     torch.manual_seed(0)
     module = build_method(cfg, 10, 64)
     # No colour augmentation in RotNet's views.
-    assert [a.name for a in module.recipe.augmentations] == ["crop", "flip"]
+    assert [a.name for a in module.view_maker.augmentations] == ["crop", "flip"]
     images = torch.rand(6, 3, 32, 32)
     seen = []
     module.backbone.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))

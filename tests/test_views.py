@@ -13,19 +13,12 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import RandomResizedCrop as TorchvisionRandomResizedCrop
 
-from ssl_runner.data.views import (
-    ColorJitter,
-    GaussianBlur,
-    HorizontalFlip,
-    RandomGrayscale,
-    RandomResizedCrop,
-    Solarize,
-    ViewRecipe,
-    adjust_hue,
-    eval_view,
-    hsv_to_rgb,
-    rgb_to_hsv,
-)
+from ssl_runner.views import ViewMaker
+from ssl_runner.views.augmentations import ColorJitter, GaussianBlur, HorizontalFlip, RandomGrayscale, Solarize
+from ssl_runner.views.color import adjust_hue, hsv_to_rgb, rgb_to_hsv
+from ssl_runner.views.crop import RandomResizedCrop
+from ssl_runner.views.pixels import eval_view
+from ssl_runner.views.recipe import ViewRecipe
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -398,6 +391,21 @@ def test_simclr_preset():
     assert imagenet.augmentations[4].kernel_size(224) == 23
 
 
+def test_a_recipe_is_a_view_maker_of_its_declared_number_of_views():
+    images = torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8, generator=generator())
+    for count in (1, 2, 3):
+        recipe = ViewRecipe.simclr(16, MEAN, STD, num_views=count)
+        assert isinstance(recipe, ViewMaker) and recipe.num_views == count
+        views = recipe.views(images, generator(0))
+        assert len(views) == count and all(view.shape == (4, 3, 16, 16) for view in views)
+        # Independent draws from one generator, in order: view i is the recipe's i-th call.
+        calls = generator(0)
+        for view in views:
+            assert torch.equal(view, recipe(images.float() / 255, calls))
+    with pytest.raises(ValueError, match="at least one view"):
+        ViewRecipe([RandomResizedCrop(8)], MEAN, STD, num_views=0)
+
+
 def test_recipe_needs_a_leading_crop_and_unique_names():
     with pytest.raises(ValueError):
         ViewRecipe([HorizontalFlip(), RandomResizedCrop(8)], MEAN, STD)
@@ -436,3 +444,24 @@ def test_cpu_crop_matrices_equal_roi_align(height, width, size):
     expected = roi_align(images, torch.cat([torch.arange(64.0)[:, None], box], 1), output_size=(size, size),
                          spatial_scale=1.0, sampling_ratio=0, aligned=True)
     torch.testing.assert_close(crop.apply(images, {"box": box}), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov1", "mocov2", "simsiam", "byol", "npid", "looc", "rotnet", "jigsaw",
+                                    "relative_loc", "exemplar", "colorization", "context_encoder", "counting", "pirl"])
+def test_every_method_makes_the_number_of_views_its_view_maker_declares(cifar_root, tmp_path, monkeypatch, method):
+    """The protocol the loaders and `make_views` rely on: the maker, not the
+    method, says how many tensors a batch becomes, and makes exactly that many."""
+    from conftest import compose_config
+
+    from ssl_runner.methods import build_method
+
+    monkeypatch.setenv("SSL_RUNNER_CACHE", str(tmp_path))  # jigsaw's and PIRL's permutation sets
+    small = ["method.permutations=100"] if method in ("jigsaw", "pirl") else []
+    small += ["method.num_exemplars=64"] if method == "exemplar" else []
+    cfg = compose_config([f"method={method}", "experiment=smoke", f"data.root={cifar_root}",
+                          "monitor.knn_every_n_epochs=0", *small])
+    module = build_method(cfg, 10, 64)
+    maker = module.view_maker
+    assert isinstance(maker, ViewMaker) and not hasattr(type(module), "num_views")
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=generator())
+    assert len(module.make_views(images)) == len(maker.views(images[:1], generator(1))) == maker.num_views

@@ -17,22 +17,21 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import ImageSet, resize_center_crop
-from ssl_runner.data.views import ViewRecipe
 from ssl_runner.errors import UserError
 from ssl_runner.seeding import epoch_seed
+from ssl_runner.views.protocol import ViewMaker
 
 
 class PretrainDataset(Dataset):
     """Images with their labels and sample indices (NPID-style methods need the
-    index); with a `recipe`, each item is `num_views` views made here. With
-    `repeats` > 1 an epoch shows every image that many times (Exemplar-CNN's
-    seeds); the index is still the image's position in `images`."""
+    index); with a `view_maker`, each item is the `view_maker.num_views`
+    views it makes here. With `repeats` > 1 an epoch shows every image that
+    many times (Exemplar-CNN's seeds); the index is still the image's position
+    in `images`."""
 
-    def __init__(self, images: ImageSet, recipe: Optional[ViewRecipe] = None, num_views: int = 2,
-                 repeats: int = 1) -> None:
+    def __init__(self, images: ImageSet, view_maker: Optional[ViewMaker] = None, repeats: int = 1) -> None:
         self.images = images
-        self.recipe = recipe
-        self.num_views = num_views
+        self.view_maker = view_maker
         self.repeats = repeats
 
     def __len__(self) -> int:
@@ -42,10 +41,10 @@ class PretrainDataset(Dataset):
         index = index % len(self.images)
         image = self.images.image(index)
         label = self.images.labels[index]
-        if self.recipe is None:
+        if self.view_maker is None:
             return image, label, index
         batch = image.unsqueeze(0)
-        return [view[0] for view in self.recipe.views(batch, self.num_views)], label, index
+        return [view[0] for view in self.view_maker.views(batch)], label, index
 
 
 class InMemoryBatches(PretrainDataset):
@@ -132,19 +131,22 @@ def loader_kwargs(cfg: DataConfig, persistent: bool = True) -> dict:
 
 
 def pretrain_loader(
-    cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, num_views: int, world_size: int = 1, repeats: int = 1,
-    seed: int = 0, rank: int = 0,
+    cfg: DataConfig, images: ImageSet, view_maker: ViewMaker, world_size: int = 1, *,
+    batch_size: int, repeats: int = 1, seed: int = 0, rank: int = 0,
 ) -> DataLoader:
-    """This rank's share, shuffled (EpochShuffle), last incomplete batch
-    dropped (NT-Xent and BatchNorm want full batches); each image `repeats`
-    times an epoch."""
-    global_batch = cfg.batch_size * world_size
-    if len(images) * repeats < global_batch:
+    """This rank's share in batches of `batch_size` (the per-device batch,
+    `distributed.batch.batch_sizes`), shuffled (EpochShuffle), last incomplete
+    batch dropped (NT-Xent and BatchNorm want full batches); each image
+    `repeats` times an epoch. With `views_on=cpu` the workers make each
+    image's views with `view_maker`; otherwise batches are uint8 images and
+    the method makes the views on the device."""
+    per_step = batch_size * world_size
+    if len(images) * repeats < per_step:
         raise UserError(
-            f"the global batch ({cfg.batch_size} per device x {world_size} device(s) = {global_batch}) is "
+            f"one step's batch on all devices ({batch_size} per device x {world_size} device(s) = {per_step}) is "
             f"larger than the training set ({len(images)} images), so an epoch would hold no batch "
-            f"(incomplete batches are dropped). Lower data.batch_size or train on more images "
-            f"(data.subset={cfg.subset})."
+            f"(incomplete batches are dropped). Lower data.batch_size (or data.global_batch_size) or train on more "
+            f"images (data.subset={cfg.subset})."
         )
     if cfg.views_on == "device" and images.fixed_size is None:
         raise UserError(
@@ -153,11 +155,11 @@ def pretrain_loader(
         )
     kwargs = loader_kwargs(cfg, persistent=False)
     if cfg.views_on == "device" and images.images is not None:
-        dataset: Dataset = InMemoryBatches(images, None, num_views, repeats)
+        dataset: Dataset = InMemoryBatches(images, None, repeats)
         kwargs["collate_fn"] = already_collated
     else:
-        dataset = PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views, repeats)
-    return shuffled_loader(dataset, cfg.batch_size, seed, world_size, rank, drop_last=True, **kwargs)
+        dataset = PretrainDataset(images, view_maker if cfg.views_on == "cpu" else None, repeats)
+    return shuffled_loader(dataset, batch_size, seed, world_size, rank, drop_last=True, **kwargs)
 
 
 def eval_loader(cfg: DataConfig, images: ImageSet, batch_size: Optional[int] = None) -> DataLoader:
@@ -166,12 +168,15 @@ def eval_loader(cfg: DataConfig, images: ImageSet, batch_size: Optional[int] = N
                       collate_fn=already_collated, **loader_kwargs(cfg))
 
 
-def labelled_train_loader(cfg: DataConfig, images: ImageSet, recipe: ViewRecipe, batch_size: int,
+def labelled_train_loader(cfg: DataConfig, images: ImageSet, view_maker: Optional[ViewMaker], batch_size: int,
                           seed: int = 0, world_size: int = 1, rank: int = 0) -> DataLoader:
-    """Training images for a supervised stage, one view each: this rank's
-    share, shuffled (EpochShuffle)."""
+    """Training images for a supervised stage, one view each (`view_maker`
+    makes one; None: unaugmented images): this rank's share, shuffled
+    (EpochShuffle)."""
+    if view_maker is not None and view_maker.num_views != 1:
+        raise ValueError(f"a supervised stage trains on one view per image, not {view_maker.num_views}")
     in_memory = cfg.views_on == "device" and images.images is not None
-    dataset = (InMemoryBatches(images, None, num_views=1) if in_memory
-               else PretrainDataset(images, recipe if cfg.views_on == "cpu" else None, num_views=1))
+    dataset = (InMemoryBatches(images, None) if in_memory
+               else PretrainDataset(images, view_maker if cfg.views_on == "cpu" else None))
     kwargs = {**loader_kwargs(cfg, persistent=False), **({"collate_fn": already_collated} if in_memory else {})}
     return shuffled_loader(dataset, batch_size, seed, world_size, rank, **kwargs)

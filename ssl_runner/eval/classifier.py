@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_runner.config import ClassifierStageConfig
-from ssl_runner.data.views import ViewRecipe, eval_view
 from ssl_runner.optim import build_optimizer, build_scheduler
+from ssl_runner.views.pixels import eval_view
+from ssl_runner.views.recipe import ViewRecipe
 
 
 class Classifier(L.LightningModule):

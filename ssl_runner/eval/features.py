@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from ssl_runner import distributed
+from ssl_runner.distributed import collectives
 from ssl_runner.config import DataConfig
 from ssl_runner.data.datasets import ImageSet
 from ssl_runner.data.loaders import EvalDataset, already_collated, loader_kwargs
-from ssl_runner.data.views import eval_view
+from ssl_runner.views.pixels import eval_view
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def extract_features(encoder: nn.Module, images: ImageSet, data: DataConfig, dev
                      precision: str = "32-true") -> Tuple[Tensor, Tensor]:
     """(features, labels) of every image of `images`, unaugmented, on the CPU."""
     dataset = EvalDataset(images, data.image_size)
-    shard = Subset(dataset, list(distributed.shard_indices(len(dataset))))
+    shard = Subset(dataset, list(collectives.shard_indices(len(dataset))))
     loader = DataLoader(shard, batch_size=data.eval_batch_size, shuffle=False, collate_fn=already_collated,
                         **loader_kwargs(data))
     was_training = encoder.training
@@ -43,7 +43,7 @@ def extract_features(encoder: nn.Module, images: ImageSet, data: DataConfig, dev
     encoder.train(was_training)
     local_f = torch.cat(features) if features else torch.zeros(0, 1, device=device)
     local_l = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    if distributed.world_size() > 1 and not features:
+    if collectives.world_size() > 1 and not features:
         raise RuntimeError("a rank received no images to encode; the split is smaller than the number of ranks")
     total = len(dataset)
-    return (distributed.gather_strided(local_f, total).cpu(), distributed.gather_strided(local_l, total).cpu())
+    return (collectives.gather_strided(local_f, total).cpu(), collectives.gather_strided(local_l, total).cpu())

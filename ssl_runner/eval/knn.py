@@ -37,15 +37,8 @@ def knn_predict(
     return torch.cat(scores)
 
 
-def knn_top1(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
-    num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
-) -> float:
+def knn_top1(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+             num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
     """Top-1 accuracy in percent."""
     scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
     return 100.0 * (scores.argmax(1) == test_labels).float().mean().item()

@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
-import torch
 from torch import Tensor, nn
+
+from ssl_runner.models.backbones import Backbone, feature_map_shape
 
 
 class NonLinearHead(nn.Module):
@@ -57,24 +58,16 @@ class FeatureMap(nn.Module):
     """A backbone's unpooled map at its stage (a TruncatedBackbone's
     eval.feature_layer, else the last stage), as an encoder module."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.backbone = backbone
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone.feature_map(x)
 
-    @torch.no_grad()
     def output_shape(self, image_size: int) -> Tuple[int, int, int]:
         """C, H, W of the map for square images of side `image_size`."""
-        mode = self.training
-        self.eval()
-        try:
-            param = next(self.backbone.parameters())
-            shape = self(torch.zeros(1, 3, image_size, image_size, device=param.device)).shape
-        finally:
-            self.train(mode)
-        return int(shape[1]), int(shape[2]), int(shape[3])
+        return feature_map_shape(self.backbone, self.backbone.stage_names[-1], image_size)
 
 
 __all__ = ["FeatureMap", "NonLinearHead"]

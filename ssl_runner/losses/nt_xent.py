@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_runner import distributed
+from ssl_runner.distributed import collectives
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float, gather: bool = True) -> Tensor:
@@ -27,9 +27,9 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float, gather: bool = True
         raise ValueError(f"expected two N x d tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     n_local = z1.shape[0]
     offset = 0
-    if gather and distributed.world_size() > 1:
-        z1, z2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)
-        offset = distributed.rank() * n_local
+    if gather and collectives.world_size() > 1:
+        z1, z2 = collectives.gather_with_grad(z1), collectives.gather_with_grad(z2)
+        offset = collectives.rank() * n_local
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     # This rank's anchors: its slice of the first views, then of the second.

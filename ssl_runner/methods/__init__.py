@@ -12,13 +12,9 @@ from ssl_runner.methods.base import BaseMethod
 from ssl_runner.methods.registry import METHODS
 
 
-def method_schemas() -> dict:
-    return {name: schema for name, (_, schema) in METHODS.items()}
-
-
 def build_method(cfg, num_classes: int, num_samples: int = 0) -> BaseMethod:
     cls, _ = METHODS[cfg.method.name]
     return cls(cfg, num_classes, num_samples)
 
 
-__all__ = ["BaseMethod", "METHODS", "method_schemas", "build_method"]
+__all__ = ["BaseMethod", "METHODS", "build_method"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from ssl_runner.losses import normalized_mse_loss
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput
@@ -35,7 +35,6 @@ class BYOL(BaseMethod):
     network's projection of the other view; the target is an EMA of the
     online backbone + projector. Loss: normalised MSE, symmetrised (Eq. 2)."""
 
-    num_views = 2
     not_exported = ("target",)
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
@@ -53,10 +52,7 @@ class BYOL(BaseMethod):
         t1, t2 = self.target(x).chunk(2)
         loss = normalized_mse_loss(p1, t2) + normalized_mse_loss(p2, t1)
         return SSLStepOutput(loss=loss, features=h, embeddings=z.chunk(2)[0],
-                             logs={"target_momentum": torch.tensor(self._momentum())})
+                             logs={"target_momentum": torch.tensor(self.ema_momentum())})
 
-    def _momentum(self) -> float:
-        return self.ema_momentum(self.cfg.method.momentum, self.cfg.method.momentum_schedule)
-
-    def after_optimizer_step(self) -> None:
-        self.target.update(self.encoder_with(self.projector), self._momentum())
+    def momentum_pairs(self) -> List[Tuple[nn.Module, MomentumEncoder]]:
+        return [(self.encoder_with(self.projector), self.target)]

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from ssl_runner.errors import UserError
 from ssl_runner.losses import counting_loss
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
+from ssl_runner.views.recipe import view_recipe_from_config
 
 
 @dataclass
@@ -35,6 +37,10 @@ class CountingConfig:
     # drawn per batch (Sec. 4: the downsampling method is drawn at random, so
     # that its artefacts cannot tell a tile from a whole image).
     interpolations: List[str] = field(default_factory=lambda: ["bilinear", "bicubic", "area"])
+
+
+# The choices of `method.interpolations` (modes of F.interpolate).
+INTERPOLATIONS = ("bilinear", "bicubic", "area", "nearest")
 
 
 def _resize(images: Tensor, size: tuple[int, int], mode: str) -> Tensor:
@@ -78,13 +84,18 @@ class Counting(BaseMethod):
     while kNN fell below the random encoder's. The other image y of Eq. 5
     is the next image of the batch."""
 
-    num_views = 1
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        interpolations = [str(i) for i in cfg.method.interpolations]
+        if not interpolations or any(i not in INTERPOLATIONS for i in interpolations):
+            raise UserError(f"config key 'method.interpolations' is {interpolations}; it needs one or more of: "
+                            f"{', '.join(INTERPOLATIONS)} (e.g. method.interpolations=[bilinear,bicubic]).")
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
         m = cfg.method
         colour = {} if m.colour_augmentation else {"jitter_p": 0.0, "grayscale_p": 0.0}
-        self.recipe = view_recipe_from_config(cfg, crop_scale=tuple(m.crop_scale), **colour)
+        self.view_maker = view_recipe_from_config(cfg, num_views=1, crop_scale=tuple(m.crop_scale), **colour)
         layers: List[nn.Module] = []
         width = self.feature_dim
         if m.hidden_dim:

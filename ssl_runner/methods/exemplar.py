@@ -4,26 +4,20 @@ Riedmiller, Brox; NIPS 2014, extended in TPAMI 2016)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ssl_runner import distributed
-from ssl_runner.data.views import (
-    HorizontalFlip,
-    HSVPower,
-    PrincipalComponentScaling,
-    RandomResizedCrop,
-    RandomRotation,
-    ViewRecipe,
-)
+from ssl_runner.distributed import collectives
+from ssl_runner.distributed.batch import batch_sizes
 from ssl_runner.errors import UserError
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput
+from ssl_runner.methods.base import BaseMethod, PretrainImages, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.heads import MLPHead
+from ssl_runner.views.exemplar import exemplar_recipe
 
 
 @dataclass
@@ -73,31 +67,14 @@ def choose_exemplars(num_images: int, num_exemplars: int, seed: int) -> Tensor:
     return torch.randperm(num_images, generator=generator)[:num_exemplars].sort().values
 
 
-def exemplar_recipe(cfg: DictConfig) -> ViewRecipe:
-    """The strong random transformation of Sec. 2, one fresh draw per sample."""
-    m, d = cfg.method, cfg.data
-    augmentations = [RandomResizedCrop(d.image_size, tuple(m.crop_scale), (1.0, 1.0))]  # translation, scale
-    if m.hflip_p > 0:
-        augmentations.append(HorizontalFlip(m.hflip_p))
-    if m.rotation_degrees > 0:
-        augmentations.append(RandomRotation(m.rotation_degrees))  # rotation
-    augmentations += [
-        PrincipalComponentScaling(list(d.mean), tuple(m.pca_factor)),  # contrast 1
-        HSVPower(tuple(m.hsv_power), tuple(m.hsv_factor), m.hsv_offset, m.hue_shift),  # contrast 2, color
-    ]
-    return ViewRecipe(augmentations, list(d.mean), list(d.std))
-
-
 @register_method("exemplar", ExemplarConfig, paper="Dosovitskiy et al., NIPS 2014",
                  published="CIFAR-10 84.3 (surrogate classes from STL-10 patches; SVM on pooled conv features)")
 class Exemplar(BaseMethod):
     """A softmax over N surrogate classes, one per seed image, on the
     backbone's features of randomly transformed seeds (Sec. 3). Pretraining
-    iterates over the seeds only (`pretrain_subset`); a batch's `indices`
+    iterates over the seeds only (`pretrain_images`); a batch's `indices`
     are positions among the seeds, i.e. the surrogate labels. kNN and the
     linear probe still use the whole training split."""
-
-    num_views = 1
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
@@ -105,16 +82,22 @@ class Exemplar(BaseMethod):
         if num_samples not in (0, m.num_exemplars):
             raise ValueError(f"Exemplar-CNN is built for its {m.num_exemplars} seeds (the pretraining subset), "
                              f"got {num_samples} images")
-        self.recipe = exemplar_recipe(cfg)
+        self.view_maker = exemplar_recipe(cfg)
         dims = [self.feature_dim] + ([m.hidden_dim] if m.hidden_dim > 0 else []) + [m.num_exemplars]
         self.classifier = nn.Linear(*dims) if len(dims) == 2 else MLPHead(dims)
 
     @classmethod
-    def pretrain_subset(cls, cfg: DictConfig, num_images: int) -> Optional[Tensor]:
+    def check_config(cls, cfg: DictConfig) -> None:
         m = cfg.method
         if m.num_exemplars < 1 or m.samples_per_exemplar < 1:
             raise UserError(f"method.num_exemplars ({m.num_exemplars}) and method.samples_per_exemplar "
                             f"({m.samples_per_exemplar}) must both be at least 1.")
+
+    @classmethod
+    def pretrain_images(cls, cfg: DictConfig, num_images: int) -> PretrainImages:
+        """The seeds, each shown `samples_per_exemplar` times an epoch. The
+        split's size and the global batch are known only here (the stage)."""
+        m = cfg.method
         if m.num_exemplars > num_images:
             raise UserError(
                 f"method.num_exemplars={m.num_exemplars} asks Exemplar-CNN for more seed images than the "
@@ -122,19 +105,15 @@ class Exemplar(BaseMethod):
                 f"distinct training image. Lower method.num_exemplars to at most {num_images}, or train on more "
                 f"images (raise or remove data.subset)."
             )
-        global_batch = cfg.data.batch_size * distributed.world_size()
-        if m.num_exemplars * m.samples_per_exemplar < global_batch:
+        per_step = batch_sizes(cfg, collectives.world_size()).per_step
+        if m.num_exemplars * m.samples_per_exemplar < per_step:
             raise UserError(
                 f"an Exemplar-CNN epoch ({m.num_exemplars} seeds x {m.samples_per_exemplar} samples each = "
-                f"{m.num_exemplars * m.samples_per_exemplar}) is smaller than the global batch ({global_batch}), "
-                f"so it would hold no batch. Raise method.samples_per_exemplar or method.num_exemplars, or lower "
-                f"data.batch_size."
+                f"{m.num_exemplars * m.samples_per_exemplar}) is smaller than one step's batch on all devices "
+                f"({per_step}), so it would hold no batch. Raise method.samples_per_exemplar or "
+                f"method.num_exemplars, or lower data.batch_size (or data.global_batch_size)."
             )
-        return choose_exemplars(num_images, m.num_exemplars, cfg.seed)
-
-    @classmethod
-    def pretrain_repeats(cls, cfg: DictConfig) -> int:
-        return int(cfg.method.samples_per_exemplar)
+        return PretrainImages(choose_exemplars(num_images, m.num_exemplars, cfg.seed), int(m.samples_per_exemplar))
 
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
         h = self.backbone(views[0])
@@ -144,4 +123,4 @@ class Exemplar(BaseMethod):
         return SSLStepOutput(loss=loss, features=h, logs={"surrogate_top1": accuracy.detach()})
 
 
-__all__ = ["Exemplar", "ExemplarConfig", "choose_exemplars", "exemplar_recipe"]
+__all__ = ["Exemplar", "ExemplarConfig", "choose_exemplars"]

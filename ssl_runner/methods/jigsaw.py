@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
-import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ssl_runner.data.jigsaw import JigsawTiles, cached_permutation_set
-from ssl_runner.data.views import ViewRecipe, normalize, to_unit_float
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.heads import MLPHead
+from ssl_runner.validation import check_choice
+from ssl_runner.views.jigsaw import TILE_NORMALIZATIONS, JigsawPuzzles, JigsawTiles
+from ssl_runner.views.jigsaw_permutations import cached_permutation_set
+from ssl_runner.views.recipe import view_recipe_from_config
 
 
 @dataclass
@@ -24,7 +25,7 @@ class JigsawConfig:
     # or closer permutations make the task easier and the features worse).
     permutations: int = 1000
     # The set is chosen greedily for maximal average Hamming distance,
-    # deterministically from this seed, and cached (data/jigsaw.py).
+    # deterministically from this seed, and cached (views/jigsaw_permutations.py).
     permutation_seed: int = 0
     # The classifier over the nine towers' concatenated features (the paper:
     # fc7 of 4096 over 9 x 1024); 0: the backbone's feature width x 9.
@@ -42,31 +43,6 @@ class JigsawConfig:
     tile_normalization: str = "per_tile"
 
 
-class JigsawPuzzles:
-    """The method's views: `recipe`'s crop and flip, then the puzzle; a view
-    list [tiles N x 9 x 3 x t x t, labels N], through the same
-    `views(images, count)` interface as a ViewRecipe (so puzzles are made in
-    the loaders' workers or batched on the device alike)."""
-
-    def __init__(self, recipe: ViewRecipe, tiles: JigsawTiles, mean: Optional[List[float]] = None,
-                 std: Optional[List[float]] = None) -> None:
-        """`mean` and `std`: normalise the tiles with them (the tiles must then
-        not be standardised on their own)."""
-        self.recipe, self.tiles = recipe, tiles
-        self.mean, self.std = mean, std
-
-    def views(self, images: Tensor, count: int = 2, generator: torch.Generator | None = None) -> List[Tensor]:
-        images = to_unit_float(images)
-        n, _, height, width = images.shape
-        params = self.recipe.sample(n, height, width, images.device, generator)
-        for augmentation in self.recipe.augmentations:  # unnormalised: each tile is normalised on its own
-            images = augmentation.apply(images, params[augmentation.name])
-        tiles, labels = self.tiles(images, generator)
-        if self.mean is not None:
-            tiles = normalize(tiles.flatten(0, 1), self.mean, self.std).view_as(tiles)
-        return [tiles, labels]
-
-
 @register_method("jigsaw", JigsawConfig, paper="Noroozi & Favaro, ECCV 2016",
                  published="no CIFAR-10 figure; ImageNet ResNet-50 linear about 48 (VISSL)")
 class Jigsaw(BaseMethod):
@@ -74,7 +50,9 @@ class Jigsaw(BaseMethod):
     concatenated in slot order, an MLP classifies which permutation of the
     set shuffled the tiles (Sec. 3)."""
 
-    num_views = 2  # the tiles and their labels
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        check_choice("method.tile_normalization", cfg.method.tile_normalization, TILE_NORMALIZATIONS)
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
@@ -84,9 +62,10 @@ class Jigsaw(BaseMethod):
         tiles = JigsawTiles.for_image_side(permutations, cfg.data.image_size, grayscale_p=m.grayscale_p,
                                            normalize_tiles=per_tile)
         # Crop and flip only: the puzzle brings its own colour treatment.
-        recipe = view_recipe_from_config(cfg, jitter_p=0.0, grayscale_p=0.0, crop_scale=tuple(m.crop_scale))
+        recipe = view_recipe_from_config(cfg, num_views=1, jitter_p=0.0, grayscale_p=0.0,
+                                         crop_scale=tuple(m.crop_scale))
         dataset_stats = (None, None) if per_tile else (list(cfg.data.mean), list(cfg.data.std))
-        self.recipe = JigsawPuzzles(recipe, tiles, *dataset_stats)
+        self.view_maker = JigsawPuzzles(recipe, tiles, *dataset_stats)
         concat = 9 * self.feature_dim
         self.classifier = MLPHead([concat, m.hidden_dim or concat, m.permutations])
 
@@ -101,4 +80,4 @@ class Jigsaw(BaseMethod):
         return SSLStepOutput(loss=loss, features=h.view(n, 9, -1).mean(1), logs={"permutation_top1": accuracy.detach()})
 
 
-__all__ = ["Jigsaw", "JigsawPuzzles"]
+__all__ = ["Jigsaw"]

@@ -8,24 +8,26 @@ states its choices where the paper is silent (marked "choice").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ssl_runner.data.leave_one_out import LeaveOneOutViews
+from ssl_runner.errors import UserError
 from ssl_runner.losses import looc_loss
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
-from ssl_runner.models.heads import MLPHead
+from ssl_runner.models.heads import ConcatSpaceFeatures, SpaceHeads
 from ssl_runner.models.momentum import KeyQueue, MomentumEncoder, shuffled_bn_keys
+from ssl_runner.views.leave_one_out import ATOMIC_AUGMENTATIONS, LeaveOneOutViews
+from ssl_runner.views.recipe import view_recipe_from_config
 
 
 @dataclass
 class LooCConfig:
     name: str = "looc"
-    # Atomic augmentations, one variant space Zi each (data/leave_one_out.py):
+    # Atomic augmentations, one variant space Zi each (views/leave_one_out.py):
     # "color" (jitter + grayscale) and "rotation" (by 90/180/270 degrees).
     augmentations: List[str] = field(default_factory=lambda: ["color", "rotation"])
     # With "rotation" listed and views.rotation_p 0, views rotate with this
@@ -39,37 +41,6 @@ class LooCConfig:
     proj_hidden_dim: int = 0  # 0: the backbone's feature width
     proj_output_dim: int = 128
     shuffle_bn_splits: int = 8
-
-
-class SpaceHeads(nn.Module):
-    """n + 1 MoCo v2 heads on the shared representation V: head 0 maps to
-    the all-invariant space Z0, head i to Zi. `forward` concatenates the
-    spaces' embeddings (N x (n + 1) d); `hidden` concatenates the heads'
-    hidden layers, LooC++'s features."""
-
-    def __init__(self, feature_dim: int, hidden_dim: int, output_dim: int, spaces: int) -> None:
-        super().__init__()
-        self.heads = nn.ModuleList(
-            MLPHead([feature_dim, hidden_dim, output_dim], hidden_bn=False) for _ in range(spaces))
-        self.output_dim = output_dim
-        self.hidden_dim = hidden_dim * spaces  # of `hidden`
-
-    def forward(self, h: Tensor) -> Tensor:
-        return torch.cat([head(h) for head in self.heads], dim=1)
-
-    def hidden(self, h: Tensor) -> Tensor:
-        return torch.cat([head.net[:-1](h) for head in self.heads], dim=1)
-
-
-class ConcatSpaceFeatures(nn.Module):
-    """Images -> LooC++ features: the backbone, then every head's hidden layer."""
-
-    def __init__(self, backbone: nn.Module, heads: SpaceHeads) -> None:
-        super().__init__()
-        self.backbone, self.heads = backbone, heads
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.heads.hidden(self.backbone(x))
 
 
 def _space_heads(cfg_method: Any, feature_dim: int) -> SpaceHeads:
@@ -95,15 +66,24 @@ class LooC(BaseMethod):
     extra_eval_stages = ("linear_concat", "probe_rotation")
     not_exported = ("key_encoder", "queues")
 
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        super().check_config(cfg)
+        names = [str(a) for a in cfg.method.augmentations]
+        if not names or len(set(names)) != len(names) or any(a not in ATOMIC_AUGMENTATIONS for a in names):
+            raise UserError(
+                f"config key 'method.augmentations' is {names}; it needs one or more distinct names from: "
+                f"{', '.join(ATOMIC_AUGMENTATIONS)} (e.g. method.augmentations=[color,rotation])."
+            )
+
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
         m = cfg.method
         rotation_p = cfg.views.rotation_p
         if "rotation" in m.augmentations and rotation_p == 0:
             rotation_p = m.rotation_p
-        recipe = view_recipe_from_config(cfg, rotation_p=rotation_p)
-        self.recipe = LeaveOneOutViews(recipe, list(m.augmentations))
-        self.num_views = self.recipe.num_views
+        recipe = view_recipe_from_config(cfg, num_views=1, rotation_p=rotation_p)
+        self.view_maker = LeaveOneOutViews(recipe, list(m.augmentations))
         self.projector = _space_heads(m, self.feature_dim)
         self.key_encoder = MomentumEncoder(self.encoder_with(self.projector))
         self.queues = nn.ModuleList(KeyQueue(m.queue_size, m.proj_output_dim) for _ in self.projector.heads)
@@ -129,9 +109,8 @@ class LooC(BaseMethod):
             self.queues[s].enqueue(k[:, s, s])
         return SSLStepOutput(loss=loss, features=h, embeddings=q[:, 0])
 
-    def after_optimizer_step(self) -> None:
-        self.key_encoder.update(self.encoder_with(self.projector),
-                                self.ema_momentum(self.cfg.method.momentum, self.cfg.method.momentum_schedule))
+    def momentum_pairs(self) -> List[Tuple[nn.Module, MomentumEncoder]]:
+        return [(self.encoder_with(self.projector), self.key_encoder)]
 
     @classmethod
     def concat_features(cls, backbone: nn.Module, heads: Dict[str, Tensor], method_cfg: Any) -> nn.Module:
@@ -143,4 +122,4 @@ class LooC(BaseMethod):
         return ConcatSpaceFeatures(backbone, space_heads)
 
 
-__all__ = ["LooC", "LeaveOneOutViews", "SpaceHeads"]
+__all__ = ["LooC", "LooCConfig"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from ssl_runner.losses import info_nce_loss
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput
@@ -43,7 +43,6 @@ class MoCo(BaseMethod):
     """Query encoder (backbone + head), momentum key encoder, a queue of keys,
     InfoNCE with the positive at index 0."""
 
-    num_views = 2
     not_exported = ("key_encoder", "queue")
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
@@ -76,9 +75,8 @@ class MoCo(BaseMethod):
         self.queue.enqueue(new_keys)
         return SSLStepOutput(loss=loss, features=h, embeddings=q)
 
-    def after_optimizer_step(self) -> None:
-        self.key_encoder.update(self.encoder_with(self.projector),
-                                self.ema_momentum(self.cfg.method.momentum, self.cfg.method.momentum_schedule))
+    def momentum_pairs(self) -> List[Tuple[nn.Module, MomentumEncoder]]:
+        return [(self.encoder_with(self.projector), self.key_encoder)]
 
 
 @dataclass

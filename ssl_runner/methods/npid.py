@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from ssl_runner.errors import UserError
 from ssl_runner.losses import memory_bank_nce, nce_loss
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.momentum import MemoryBank
+from ssl_runner.views.recipe import view_recipe_from_config
 
 
 @dataclass
@@ -42,13 +44,14 @@ class NPID(BaseMethod):
     checkpoint.
     """
 
-    num_views = 1
     not_exported = ("memory",)
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
         if num_samples < 2:
-            raise ValueError("NPID needs the number of training images for its memory bank")
+            raise UserError(f"NPID's memory bank holds one row per training image and needs at least 2, "
+                            f"not {num_samples}: train on more images (data.subset).")
+        self.view_maker = view_recipe_from_config(cfg, num_views=1)  # one view, scored against the bank
         m = cfg.method
         self.embed = nn.Linear(self.feature_dim, m.embedding_dim)
         self.memory = MemoryBank(num_samples, m.embedding_dim)

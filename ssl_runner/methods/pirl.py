@@ -10,13 +10,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ssl_runner.data.jigsaw import JigsawTiles, cached_permutation_set
-from ssl_runner.data.views import ViewRecipe
+from ssl_runner.errors import UserError
 from ssl_runner.losses import pirl_loss
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
-from ssl_runner.methods.jigsaw import JigsawPuzzles
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.momentum import MemoryBank
+from ssl_runner.validation import check_choice
+from ssl_runner.views.jigsaw import TILE_NORMALIZATIONS, JigsawPuzzles, JigsawTiles
+from ssl_runner.views.jigsaw_permutations import cached_permutation_set
+from ssl_runner.views.pirl import PIRLViews
+from ssl_runner.views.recipe import view_recipe_from_config
 
 
 @dataclass
@@ -45,20 +48,6 @@ class PIRLConfig:
     tile_normalization: str = "dataset"
 
 
-class PIRLViews:
-    """The method's views: [v_I, v_It], an image view from `image_recipe`
-    (crop, flip, colour) and a jigsaw-transformed view of the same image from
-    `puzzles` (its own crop, then nine shuffled tiles, N x 9 x 3 x t x t)."""
-
-    def __init__(self, image_recipe: ViewRecipe, puzzles: JigsawPuzzles) -> None:
-        self.image_recipe, self.puzzles = image_recipe, puzzles
-
-    def views(self, images: Tensor, count: int = 2, generator: torch.Generator | None = None) -> List[Tensor]:
-        image = self.image_recipe.views(images, 1, generator)[0]
-        tiles, _ = self.puzzles.views(images, 2, generator)
-        return [image, tiles]
-
-
 @register_method("pirl", PIRLConfig, paper="Misra & van der Maaten, CVPR 2020",
                  published="no CIFAR-10 figure; ImageNet ResNet-50 linear 63.6")
 class PIRL(BaseMethod):
@@ -69,21 +58,27 @@ class PIRL(BaseMethod):
     past f(v_I) and pushed from the other entries (Eq. 6); the representation
     evaluated is the backbone's on whole images."""
 
-    num_views = 2
     not_exported = ("memory",)
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        check_choice("method.tile_normalization", cfg.method.tile_normalization, TILE_NORMALIZATIONS)
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
         if num_samples < 2:
-            raise ValueError("PIRL needs the number of training images for its memory bank")
+            raise UserError(f"PIRL's memory bank holds one row per training image and needs at least 2, "
+                            f"not {num_samples}: train on more images (data.subset).")
         m = cfg.method
         per_tile = m.tile_normalization == "per_tile"
         tiles = JigsawTiles.for_image_side(cached_permutation_set(m.permutations, 9, m.permutation_seed),
                                            cfg.data.image_size, normalize_tiles=per_tile, grayscale_p=0.0)
         # The tiles get crop and flip here; the image view has the full colour recipe of `views`.
-        tile_recipe = view_recipe_from_config(cfg, jitter_p=0.0, grayscale_p=0.0, crop_scale=tuple(m.crop_scale))
+        tile_recipe = view_recipe_from_config(cfg, num_views=1, jitter_p=0.0, grayscale_p=0.0,
+                                              crop_scale=tuple(m.crop_scale))
         stats = (None, None) if per_tile else (list(cfg.data.mean), list(cfg.data.std))
-        self.recipe = PIRLViews(view_recipe_from_config(cfg), JigsawPuzzles(tile_recipe, tiles, *stats))
+        image_recipe = view_recipe_from_config(cfg, num_views=1)
+        self.view_maker = PIRLViews(image_recipe, JigsawPuzzles(tile_recipe, tiles, *stats))
         d = m.embedding_dim
         self.image_head = nn.Linear(self.feature_dim, d)
         self.tile_head = nn.Linear(self.feature_dim, d)
@@ -111,4 +106,4 @@ class PIRL(BaseMethod):
                              logs={"jigsaw_nce": jigsaw_term.detach(), "image_nce": image_term.detach()})
 
 
-__all__ = ["PIRL", "PIRLViews"]
+__all__ = ["PIRL"]

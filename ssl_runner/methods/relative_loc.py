@@ -11,17 +11,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ssl_runner.data.relative_location import NUM_LOCATIONS, RelativeLocationPairs
-from ssl_runner.data.views import normalize, to_unit_float
 from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.heads import MLPHead
+from ssl_runner.validation import check_choice
+from ssl_runner.views.chromatic_guards import CHROMATIC_GUARDS
+from ssl_runner.views.relative_location import NUM_LOCATIONS, SCALES, PatchPairs, RelativeLocationPairs
 
 
 @dataclass
 class RelativeLocConfig:
     name: str = "relative_loc"
-    # Patch geometry preset of data/relative_location.py: "cifar" (32-px
+    # Patch geometry preset of views/relative_location.py: "cifar" (32-px
     # images upsampled 3x: 22-px patches, gap 11, jitter 3), "cifar64" (2x:
     # 14-px patches, gap 7, jitter 2), "96px", "imagenet"
     # (the paper's 96-px patches, gap 48, jitter 7).
@@ -34,19 +35,6 @@ class RelativeLocConfig:
     hidden_dim: int = 512
 
 
-class PatchPairs:
-    """The method's views, [centre, neighbour, labels], normalised with the
-    data set's mean and std, through the `views(images, count)` interface of
-    a ViewRecipe (made in the loaders' workers or batched on the device)."""
-
-    def __init__(self, pairs: RelativeLocationPairs, mean: List[float], std: List[float]) -> None:
-        self.pairs, self.mean, self.std = pairs, list(mean), list(std)
-
-    def views(self, images: Tensor, count: int = 3, generator: torch.Generator | None = None) -> List[Tensor]:
-        centre, neighbour, labels = self.pairs(to_unit_float(images), generator)
-        return [normalize(centre, self.mean, self.std), normalize(neighbour, self.mean, self.std), labels]
-
-
 @register_method("relative_loc", RelativeLocConfig, paper="Doersch et al., ICCV 2015",
                  published="no CIFAR-10 figure (ImageNet, AlexNet-style towers)")
 class RelativeLoc(BaseMethod):
@@ -54,13 +42,16 @@ class RelativeLoc(BaseMethod):
     neighbours), their features concatenated, an MLP classifies where the
     neighbour lies (Sec. 3, Fig. 2 and 3)."""
 
-    num_views = 3  # centre, neighbour, labels
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        check_choice("method.chromatic_guard", cfg.method.chromatic_guard, CHROMATIC_GUARDS)
+        check_choice("method.scale", cfg.method.scale, list(SCALES))
 
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
         m = cfg.method
         pairs = RelativeLocationPairs.from_scale(m.scale, chromatic_guard=m.chromatic_guard)
-        self.recipe = PatchPairs(pairs, cfg.data.mean, cfg.data.std)
+        self.view_maker = PatchPairs(pairs, cfg.data.mean, cfg.data.std)
         self.classifier = MLPHead([2 * self.feature_dim, m.hidden_dim or 2 * self.feature_dim, NUM_LOCATIONS])
 
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:
@@ -73,4 +64,4 @@ class RelativeLoc(BaseMethod):
         return SSLStepOutput(loss=loss, features=h[:n], logs={"location_top1": accuracy.detach()})
 
 
-__all__ = ["RelativeLoc", "PatchPairs"]
+__all__ = ["RelativeLoc"]

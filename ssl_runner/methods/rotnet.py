@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ssl_runner.methods.base import BaseMethod, SSLStepOutput, view_recipe_from_config
+from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
+from ssl_runner.views.recipe import view_recipe_from_config
 
 
 @dataclass
@@ -40,12 +41,11 @@ class RotNet(BaseMethod):
     rotations of each image (Sec. 2.2: better than one random rotation per
     image, which is what VISSL does)."""
 
-    num_views = 1
-
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
-        if not cfg.method.colour_augmentation:
-            self.recipe = view_recipe_from_config(cfg, jitter_p=0.0, grayscale_p=0.0)
+        # One view per image (its four rotations are made in ssl_step).
+        colour = {} if cfg.method.colour_augmentation else {"jitter_p": 0.0, "grayscale_p": 0.0}
+        self.view_maker = view_recipe_from_config(cfg, num_views=1, **colour)
         self.rotation_classifier = nn.Linear(self.feature_dim, 4)
 
     def ssl_step(self, views: List[Tensor], indices: Tensor) -> SSLStepOutput:

@@ -34,8 +34,6 @@ class SimCLR(BaseMethod):
     (Sec. 4.2: h keeps information that g removes).
     """
 
-    num_views = 2
-
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
         hidden = cfg.method.proj_hidden_dim or self.feature_dim

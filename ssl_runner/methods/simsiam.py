@@ -39,8 +39,6 @@ class SimSiam(BaseMethod):
     the symmetrised negative cosine against the stop-gradient of the other
     side: L = D(p1, sg(z2))/2 + D(p2, sg(z1))/2 (Eq. 4)."""
 
-    num_views = 2
-
     def __init__(self, cfg: DictConfig, num_classes: int, num_samples: int = 0) -> None:
         super().__init__(cfg, num_classes, num_samples)
         m = cfg.method

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ssl_runner import distributed
+from ssl_runner.distributed import collectives
 
 
 class GlobalBatchNorm(_BatchNorm):
@@ -33,7 +33,7 @@ class GlobalBatchNorm(_BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         use_batch_stats = self.training or not self.track_running_stats
-        if not use_batch_stats or distributed.world_size() == 1:
+        if not use_batch_stats or collectives.world_size() == 1:
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -43,7 +43,7 @@ class GlobalBatchNorm(_BatchNorm):
         xs = x.float() - shift.float().view(shape)
         count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float32, device=x.device)
         moments = torch.cat([xs.sum(dims), (xs * xs).sum(dims), count])
-        moments = distributed.all_reduce_sum(moments)
+        moments = collectives.all_reduce_sum(moments)
         c = x.shape[1]
         n = moments[-1]
         mean_s = moments[:c] / n

@@ -1,9 +1,11 @@
-"""Projection and prediction heads: MLPs over the representation h."""
+"""Projection and prediction heads: MLPs over the representation h, and
+LooC's heads, one per embedding space."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 
@@ -34,3 +36,34 @@ class MLPHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class SpaceHeads(nn.Module):
+    """n + 1 MoCo v2 heads on the shared representation V: head 0 maps to
+    the all-invariant space Z0, head i to Zi. `forward` concatenates the
+    spaces' embeddings (N x (n + 1) d); `hidden` concatenates the heads'
+    hidden layers, LooC++'s features."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, output_dim: int, spaces: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(
+            MLPHead([feature_dim, hidden_dim, output_dim], hidden_bn=False) for _ in range(spaces))
+        self.output_dim = output_dim
+        self.hidden_dim = hidden_dim * spaces  # of `hidden`
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.cat([head(h) for head in self.heads], dim=1)
+
+    def hidden(self, h: Tensor) -> Tensor:
+        return torch.cat([head.net[:-1](h) for head in self.heads], dim=1)
+
+
+class ConcatSpaceFeatures(nn.Module):
+    """Images -> LooC++ features: the backbone, then every head's hidden layer."""
+
+    def __init__(self, backbone: nn.Module, heads: SpaceHeads) -> None:
+        super().__init__()
+        self.backbone, self.heads = backbone, heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heads.hidden(self.backbone(x))

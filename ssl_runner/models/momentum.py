@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_runner import distributed
+from ssl_runner.distributed import collectives
 
 
 class MomentumEncoder(nn.Module):
@@ -51,14 +51,14 @@ def shuffled_bn_keys(key_encoder: nn.Module, x: Tensor, splits: int) -> Tensor:
     after; on one device it is shuffled and encoded in `splits` separately
     normalised groups (the CIFAR demo's SplitBatchNorm, 8 groups)."""
     n = len(x)
-    if distributed.world_size() > 1:
-        rank, world = distributed.rank(), distributed.world_size()
-        everything = distributed.gather_with_grad(x)
+    if collectives.world_size() > 1:
+        rank, world = collectives.rank(), collectives.world_size()
+        everything = collectives.gather_with_grad(x)
         perm = torch.randperm(len(everything), device=x.device)
         torch.distributed.broadcast(perm, src=0)
         local = key_encoder(everything[perm[rank * n:(rank + 1) * n]])
         keys = torch.empty(world * n, local.shape[1], device=x.device, dtype=local.dtype)
-        keys[perm] = distributed.gather_with_grad(local)
+        keys[perm] = collectives.gather_with_grad(local)
         return keys[rank * n:(rank + 1) * n]
     perm = torch.randperm(n, device=x.device)
     groups = max(1, min(splits, n // 2))
@@ -66,6 +66,10 @@ def shuffled_bn_keys(key_encoder: nn.Module, x: Tensor, splits: int) -> Tensor:
     keys = torch.empty_like(encoded)
     keys[perm] = encoded
     return keys
+
+
+# The choices of `method.momentum_schedule` (MoCo, LooC, BYOL).
+MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 
 def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> float:
@@ -77,7 +81,7 @@ def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> floa
     if schedule == "cosine":
         progress = min(1.0, step / max(1, total_steps))
         return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
-    raise ValueError(f"unknown momentum schedule '{schedule}' (constant or cosine)")
+    raise ValueError(f"unknown momentum schedule '{schedule}' ({' or '.join(MOMENTUM_SCHEDULES)})")
 
 
 class KeyQueue(nn.Module):
@@ -94,7 +98,7 @@ class KeyQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
-        keys = distributed.all_gather_rows(F.normalize(keys.detach(), dim=1))[-len(self.keys):]
+        keys = collectives.all_gather_rows(F.normalize(keys.detach(), dim=1))[-len(self.keys):]
         slots = (self.ptr + torch.arange(len(keys), device=keys.device)) % len(self.keys)
         self.keys[slots] = keys.to(self.keys.dtype)
         self.ptr.copy_((self.ptr + len(keys)) % len(self.keys))
@@ -112,6 +116,6 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, indices: Tensor, features: Tensor, momentum: float) -> None:
-        indices, features = distributed.all_gather_rows(indices), distributed.all_gather_rows(features.detach())
+        indices, features = collectives.all_gather_rows(indices), collectives.all_gather_rows(features.detach())
         mixed = momentum * self.bank[indices] + (1.0 - momentum) * features.to(self.bank.dtype)
         self.bank[indices] = F.normalize(mixed, dim=1)

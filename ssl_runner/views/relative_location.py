@@ -3,24 +3,27 @@
 The pretext task: given a patch of an image and one of its eight neighbours
 in a 3 x 3 grid of patches, predict which neighbour it is (Sec. 3, Fig. 2).
 This module makes the pairs and their labels; the network and the loss
-belong to the method. As in `views.py`, the parameters are sampled
+belong to the method. As in the augmentations, the parameters are sampled
 explicitly (`sample`), then applied (`apply`, a pure function of the images
 and the parameters), vectorised over the batch on the images' device.
 
-Patches are float32 in [0, 1] pixel units, not normalised: per-patch mean
-subtraction (the paper's) and dataset normalisation are left to the caller.
+`RelativeLocationPairs` makes patches in float32 [0, 1] pixel units; the
+view maker `PatchPairs` normalises them with the data set's mean and std
+(rather than the paper's per-patch mean subtraction). The chromatic guards
+are in `chromatic_guards.py`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Mapping
+from typing import List, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_runner.data.views import Device, to_unit_float
+from ssl_runner.views.chromatic_guards import CHROMATIC_GUARDS, drop_channels, project_out_green_magenta
+from ssl_runner.views.pixels import normalize, to_unit_float
+from ssl_runner.views.protocol import Device
 
 # Label k -> (row offset, column offset) of the neighbour from the centre
 # patch, in grid cells, in raster order (the paper's Fig. 2):
@@ -34,18 +37,6 @@ NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
     (1, -1), (1, 0), (1, 1),
 )
 NUM_LOCATIONS = len(NEIGHBOUR_OFFSETS)
-
-# The green-magenta colour axis (-1, 2, -1) / sqrt(6) in RGB (Sec. 4.2). It is
-# orthogonal to gray (1, 1, 1), so projecting it out keeps grays unchanged and
-# needs no centring: a gray offset has no component along it.
-GREEN_MAGENTA = (-1 / math.sqrt(6), 2 / math.sqrt(6), -1 / math.sqrt(6))
-
-# Dropped channels are noise around mid-gray: after the usual normalisation by
-# a dataset mean near 0.5 they are zero-mean noise, as the paper's dropped
-# channels are after its per-patch mean subtraction.
-DROPPED_CHANNEL_MEAN = 0.5
-
-CHROMATIC_GUARDS = ("none", "drop_channels", "project")
 
 # Geometry presets: name -> RelativeLocationPairs keyword arguments.
 # The paper (Sec. 3): 96-px patches, a 48-px gap (half a patch), jitter up to
@@ -87,32 +78,6 @@ def extract_patches(images: Tensor, corners: Tensor, size: int) -> Tensor:
     index = (rows[:, :, None] * width + columns[:, None, :]).view(n, 1, size * size)
     patches = images.reshape(n, c, height * width).gather(2, index.expand(n, c, size * size))
     return patches.view(n, c, size, size)
-
-
-def project_out_green_magenta(images: Tensor) -> Tensor:
-    """Each pixel's RGB colour x replaced by its projection x - (x . a) a onto
-    the plane orthogonal to the green-magenta axis a = (-1, 2, -1) / sqrt(6):
-    the paper's "projection" (Sec. 4.2), I - B^T B / (B B^T) with B = (-1, 2, -1).
-
-    Green and magenta shift towards gray (pure green becomes gray 1/3) and
-    grays are unchanged. Not clamped, which would undo the projection: [0, 1]
-    colours come out in [-1/6, 7/6].
-    """
-    axis = torch.tensor(GREEN_MAGENTA, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    along = (images * axis).sum(dim=-3, keepdim=True)
-    return images - along * axis
-
-
-def drop_channels(patches: Tensor, keep: Tensor, noise: Tensor, noise_std: float) -> Tensor:
-    """N x 3 x P x P patches with every channel but keep[i] (long N, in 0..2)
-    replaced by DROPPED_CHANNEL_MEAN + noise_std * noise: the paper's "color
-    dropping" (Sec. 4.2). noise[i] (N x 2 x P x P, standard normal) fills
-    channels keep[i] + 1 and keep[i] + 2 (mod 3), in that order."""
-    n, _, height, width = patches.shape
-    keep = keep.to(patches.device)
-    dropped = (keep.view(n, 1) + torch.arange(1, 3, device=patches.device)) % 3  # N x 2
-    fill = noise.to(device=patches.device, dtype=patches.dtype) * noise_std + DROPPED_CHANNEL_MEAN
-    return patches.scatter(1, dropped.view(n, 2, 1, 1).expand(n, 2, height, width), fill)
 
 
 class RelativeLocationPairs:
@@ -271,5 +236,19 @@ class RelativeLocationPairs:
         return centre, neighbour, params["label"]
 
 
-__all__ = ["CHROMATIC_GUARDS", "GREEN_MAGENTA", "NEIGHBOUR_OFFSETS", "NUM_LOCATIONS", "SCALES",
-           "RelativeLocationPairs", "drop_channels", "extract_patches", "project_out_green_magenta"]
+class PatchPairs:
+    """The method's views, [centre, neighbour, labels], normalised with the
+    data set's mean and std (made in the loaders' workers or batched on the
+    device alike)."""
+
+    num_views = 3  # centre, neighbour, labels
+
+    def __init__(self, pairs: RelativeLocationPairs, mean: List[float], std: List[float]) -> None:
+        self.pairs, self.mean, self.std = pairs, list(mean), list(std)
+
+    def views(self, images: Tensor, generator: torch.Generator | None = None) -> List[Tensor]:
+        centre, neighbour, labels = self.pairs(to_unit_float(images), generator)
+        return [normalize(centre, self.mean, self.std), normalize(neighbour, self.mean, self.std), labels]
+
+
+__all__ = ["NEIGHBOUR_OFFSETS", "NUM_LOCATIONS", "SCALES", "PatchPairs", "RelativeLocationPairs", "extract_patches"]

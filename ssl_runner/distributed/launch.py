@@ -1,9 +1,7 @@
-"""Multi-process runs: launching the ranks, the process group, and the
-collectives the methods and evaluation stages share.
+"""Launching the ranks of a multi-process run, joining the process group, and
+recognising and explaining a collective that failed.
 
-Every rank runs the whole pipeline, in lockstep, from the first stage to the
-last, so a stage that is not a Lightning `fit` (kNN, feature extraction) can
-use collectives too. How the ranks come to exist:
+How the ranks come to exist:
 
 * `python -m ssl_runner trainer=ddp_cpu` (or `trainer=ddp` on GPUs), one node:
   the first process validates the config and starts `devices - 1` copies of
@@ -30,147 +28,20 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
+from ssl_runner.distributed import collectives
+from ssl_runner.distributed.batch import batch_sizes
 from ssl_runner.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Set by whatever started this process as one rank of several.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
-
-
-# ---- where this process stands -------------------------------------------------------
-
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
-
-
-def is_main_process() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
-def local_device(accelerator: str) -> torch.device:
-    """The device this rank computes on outside Lightning (feature extraction)."""
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-# ---- collectives -----------------------------------------------------------------------
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 that lets gradients flow back to the producing rank.
-
-    Each rank's loss depends on every rank's slice, so the gradient of a slice
-    is the sum, over ranks, of the gradient each rank's loss sends it. With DDP
-    averaging parameter gradients, the step then equals the gradient of the
-    mean loss over the global batch, as on one device (no double counting).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Every rank's `x` concatenated in rank order (equal shapes on every
-    rank), differentiable; `x` itself on a single process."""
-    if world_size() == 1:
-        return x
-    return _GatherWithGrad.apply(x)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad
-
-
-def all_gather_rows(x: Tensor) -> Tensor:
-    """Every rank's rows (equal shapes), concatenated in rank order; no gradient."""
-    if world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def all_reduce_sum(x: Tensor) -> Tensor:
-    """Differentiable sum over ranks: the sum feeds every rank's loss, so the
-    backward pass sums the ranks' gradients of it too."""
-    if world_size() == 1:
-        return x
-    return _AllReduceSum.apply(x)
-
-
-def gather_strided(local: Tensor, total: int) -> Tensor:
-    """Reassemble a tensor computed in shards: rank r holds rows r, r+W, r+2W, ...
-    of a `total`-row result (see `shard_indices`). Returns all rows, in order,
-    on every rank."""
-    w = world_size()
-    if w == 1:
-        return local
-    per_rank = -(-total // w)
-    padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[:local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(w)]
-    dist.all_gather(parts, padded)
-    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    for r, part in enumerate(parts):
-        count = len(range(r, total, w))
-        out[r::w] = part[:count]
-    return out
-
-
-def shard_indices(total: int) -> range:
-    """This rank's rows of a `total`-row job: every W-th, from its rank."""
-    return range(rank(), total, world_size())
-
-
-def gather_by_index(values: Tensor, indices: Tensor) -> Tensor:
-    """Rows that the ranks computed for sample `indices` (possibly repeated, as
-    a DistributedSampler pads), gathered and put in sample order; each sample
-    once. Equal row counts on every rank."""
-    all_v, all_i = all_gather_rows(values), all_gather_rows(indices)
-    out = torch.empty((int(all_i.max()) + 1, *values.shape[1:]), dtype=values.dtype, device=values.device)
-    out[all_i] = all_v  # a padded duplicate writes the same row twice
-    return out
 
 
 # ---- failures -----------------------------------------------------------------------------
@@ -184,16 +55,17 @@ _GLOO_FAILURES = ("gloo", "Connection reset by peer", "Connection closed by peer
 def is_collective_failure(err: BaseException) -> bool:
     if isinstance(err, dist.DistError):
         return True
-    return is_initialized() and world_size() > 1 and isinstance(err, RuntimeError) and any(
-        marker in str(err) for marker in _GLOO_FAILURES)
+    several = collectives.is_initialized() and collectives.world_size() > 1
+    return several and isinstance(err, RuntimeError) and any(marker in str(err) for marker in _GLOO_FAILURES)
 
 
 def collective_failure_message(err: BaseException) -> str:
     return textwrap.fill(
-        f"error: rank {rank()} of {world_size()}: a collective operation failed ({type(err).__name__}: "
-        f"{str(err).splitlines()[0][:300] if str(err) else ''}). Another rank has probably died or stalled; its "
-        "own messages say why. The collectives wait at most trainer.collective_timeout_s seconds. Finished "
-        "stages are kept in the run folder, and rerunning the same command resumes the interrupted one.",
+        f"error: rank {collectives.rank()} of {collectives.world_size()}: a collective operation failed "
+        f"({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}). Another rank has "
+        "probably died or stalled; its own messages say why. The collectives wait at most "
+        "trainer.collective_timeout_s seconds. Finished stages are kept in the run folder, and rerunning the "
+        "same command resumes the interrupted one.",
         width=88, break_long_words=False)
 
 
@@ -221,9 +93,9 @@ def planned_world_size(cfg: DictConfig) -> int:
 
 
 def check_plan(cfg: DictConfig) -> int:
-    """Refuse, before any process starts, what cannot run on the planned world;
-    set `data.batch_size` from `data.global_batch_size` when that is given.
-    Returns the world size."""
+    """Refuse, before any process starts, what cannot run on the planned world.
+    Returns the world size. The config is left as it is: the per-device batch
+    is resolved by `batch.batch_sizes` wherever it is needed."""
     world = planned_world_size(cfg)
     t = cfg.trainer
     if world > 1 and t.strategy != "ddp":
@@ -251,17 +123,7 @@ def check_plan(cfg: DictConfig) -> int:
             f"trainer.accelerator={t.accelerator} but this machine has no usable CUDA GPU. On CPUs use trainer=cpu, "
             "or trainer=ddp_cpu for several processes."
         )
-    per_step = world * t.accumulate_grad_batches
-    gb = cfg.data.global_batch_size
-    if gb is not None:
-        if gb % per_step:
-            raise UserError(
-                f"data.global_batch_size={gb} does not divide across {world} process(es) x "
-                f"{t.accumulate_grad_batches} accumulation step(s) ({per_step} parts), so every device could not "
-                f"get the same batch. Choose a multiple of {per_step} (e.g. {max(per_step, gb - gb % per_step)}) or "
-                "change trainer.devices / trainer.num_nodes."
-            )
-        cfg.data.batch_size = gb // per_step
+    batch_sizes(cfg, world)  # refuses a data.global_batch_size that does not divide
     for stage in ("linear", "finetune"):
         s = cfg.eval[stage]
         images = stage == "finetune" or s.augment
@@ -303,7 +165,7 @@ class DistributedSession:
             if code != 0 and not failed:
                 problem = (f"rank {local_rank} (process {proc.pid}) exited with status {code}; its messages are "
                            "above. The run folder records the stages that finished.")
-        if is_initialized():
+        if collectives.is_initialized():
             dist.destroy_process_group()
         for name in self.set_variables:
             os.environ.pop(name, None)
@@ -401,13 +263,13 @@ def _adopt_cluster_environment() -> None:
 
 
 def _init_process_group(cfg: DictConfig, world: int) -> None:
-    if is_initialized():
+    if collectives.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    gpu = local_device(cfg.trainer.accelerator).type == "cuda"
+    gpu = collectives.local_device(cfg.trainer.accelerator).type == "cuda"
     kwargs: dict = {}
     if gpu:
-        device = local_device(cfg.trainer.accelerator)
+        device = collectives.local_device(cfg.trainer.accelerator)
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
     rank_ = int(os.environ.get("RANK", 0))

@@ -1,29 +1,23 @@
-"""Backbones: torchvision's ResNets, with the CIFAR stem and a width multiplier,
-and RotNet's Network-In-Network (models/nin.py), chosen by `backbone.name`.
+"""torchvision's ResNets, with the CIFAR stem and a width multiplier: the
+backbone for every `backbone.name` the other backbones do not claim.
 
 The network is assembled from torchvision's own `BasicBlock` and `Bottleneck`
 in torchvision's layout (`conv1`, `bn1`, `layer1`..`layer4`), so at width 1 a
 ResNet-18/34/50 has exactly torchvision's parameters and state-dict keys, minus
 the classifier `fc`: the backbone ends at the global average pool and returns
 the representation h.
-
-Every backbone offers the same interface: `forward(x, upto)` (pooled features
-of a stage), `feature_map(x, upto)` (the stage's unpooled map), `stage_names`,
-`stage_dims`, `feature_dim`, `truncated(upto)` and `use_channels_last`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, Type, Union
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ssl_runner.config import BackboneConfig, is_nin
-
-if TYPE_CHECKING:
-    from ssl_runner.models.nin import NetworkInNetwork
+from ssl_runner.errors import UserError
+from ssl_runner.models.backbones.base import StagedBackbone
 
 # depth -> (block, blocks per stage); 10 is the one-block-per-stage variant.
 RESNET_LAYOUTS = {
@@ -37,39 +31,6 @@ RESNET_LAYOUTS = {
 CIFAR_STEM_MAX_SIZE = 64
 
 Block = Type[Union[BasicBlock, Bottleneck]]
-
-
-class StagedBackbone(nn.Module):
-    """What ResNet and NetworkInNetwork share: named stages run in order
-    (`run_stages`), channels-last weights and inputs, and `truncated`.
-    Subclasses set `stage_names`, `stage_dims`, `feature_dim` and
-    `channels_last`, and define `feature_map` (any stem, then `run_stages`)."""
-
-    stage_names: tuple = ()
-
-    def use_channels_last(self, enabled: bool = True) -> "StagedBackbone":
-        """NHWC weights and inputs: 1.6x faster training of resnet_tiny on this
-        project's 2-core CPU (see README, Benchmarks); numerically the same."""
-        self.channels_last = enabled
-        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
-
-    def check_stage(self, upto: str) -> None:
-        if upto not in self.stage_names:
-            raise ValueError(f"unknown backbone stage '{upto}' (one of {', '.join(self.stage_names)})")
-
-    def as_input(self, x: Tensor) -> Tensor:
-        """`x` in the memory format the weights are in."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def run_stages(self, x: Tensor, upto: str) -> Tensor:
-        """The stages from the first to `upto`, applied to `x` in order."""
-        for name in self.stage_names[:self.stage_names.index(upto) + 1]:
-            x = getattr(self, name)(x)
-        return x
-
-    def truncated(self, upto: str) -> "TruncatedBackbone":
-        """This backbone evaluated at an intermediate stage (eval.feature_layer)."""
-        return TruncatedBackbone(self, upto)
 
 
 class ResNet(StagedBackbone):
@@ -103,6 +64,9 @@ class ResNet(StagedBackbone):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = widths[3] * block.expansion
         self.stage_dims: Dict[str, int] = {name: w * block.expansion for name, w in zip(self.stage_names, widths)}
+        # The ImageNet stem halves twice (conv1, max-pool), layer2..layer4 once each.
+        stem_halvings = 0 if cifar_stem else 2
+        self.stage_halvings = {name: stem_halvings + i for i, name in enumerate(self.stage_names)}
         self.channels_last = False
 
         for m in self.modules():  # torchvision's initialisation
@@ -141,55 +105,39 @@ class ResNet(StagedBackbone):
         `layer4`; the representation h is after `layer4`)."""
         return torch.flatten(self.avgpool(self.feature_map(x, upto)), 1)
 
+    # ---- the registry's hooks ---------------------------------------------------------
+    @classmethod
+    def selects(cls, name: str) -> bool:
+        """Every name: the registry asks the ResNet last."""
+        return True
 
-STAGE_NAMES = ResNet.stage_names
+    @classmethod
+    def config_stage_names(cls, cfg: Any) -> List[str]:
+        return list(cls.stage_names)
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return "a ResNet"
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        if cfg.depth not in RESNET_LAYOUTS:
+            raise UserError(f"config key 'backbone.depth' is '{cfg.depth}', which is not one of: "
+                            f"{', '.join(str(depth) for depth in RESNET_LAYOUTS)}.")
+
+    @classmethod
+    def from_config(cls, cfg: Any, image_size: int) -> "ResNet":
+        """A ResNet of `cfg.depth`; the CIFAR stem unless `cfg.cifar_stem`
+        says otherwise, for images of at most CIFAR_STEM_MAX_SIZE."""
+        block, layers = RESNET_LAYOUTS[cfg.depth]
+        cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else image_size <= CIFAR_STEM_MAX_SIZE
+        return cls(
+            block,
+            layers,
+            width=cfg.width,
+            cifar_stem=cifar_stem,
+            zero_init_residual=cfg.zero_init_residual,
+        )
 
 
-class TruncatedBackbone(nn.Module):
-    """A backbone whose output is the pooled features of an earlier stage:
-    what the evaluation stages see with eval.feature_layer (a pretext task's
-    last layers specialise in the pretext, so an earlier block often
-    transfers better; RotNet Sec. 3.1)."""
-
-    def __init__(self, backbone: "Backbone", upto: str) -> None:
-        super().__init__()
-        if upto not in backbone.stage_names:
-            raise ValueError(f"unknown backbone stage '{upto}' (one of {', '.join(backbone.stage_names)})")
-        self.backbone, self.upto = backbone, upto
-        self.stage_names = backbone.stage_names[:backbone.stage_names.index(upto) + 1]
-        self.stage_dims = {name: backbone.stage_dims[name] for name in self.stage_names}
-        self.feature_dim = backbone.stage_dims[upto]
-
-    def use_channels_last(self, enabled: bool = True) -> "TruncatedBackbone":
-        self.backbone.use_channels_last(enabled)
-        return self
-
-    def feature_map(self, x: Tensor, upto: Optional[str] = None) -> Tensor:
-        return self.backbone.feature_map(x, upto or self.upto)
-
-    def forward(self, x: Tensor, upto: Optional[str] = None) -> Tensor:
-        return self.backbone(x, upto=upto or self.upto)
-
-    def truncated(self, upto: str) -> "TruncatedBackbone":
-        return TruncatedBackbone(self.backbone, upto)
-
-
-Backbone = Union[ResNet, "NetworkInNetwork"]
-
-
-def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
-    """The backbone that `cfg` names, for images of side `image_size`: a
-    NetworkInNetwork for `nin` (or `nin_*`), else a ResNet of `cfg.depth`."""
-    if is_nin(cfg.name):
-        from ssl_runner.models.nin import NetworkInNetwork
-
-        return NetworkInNetwork(num_blocks=cfg.num_blocks, width=cfg.width)
-    block, layers = RESNET_LAYOUTS[cfg.depth]
-    cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else image_size <= CIFAR_STEM_MAX_SIZE
-    return ResNet(
-        block,
-        layers,
-        width=cfg.width,
-        cifar_stem=cifar_stem,
-        zero_init_residual=cfg.zero_init_residual,
-    )
+__all__ = ["CIFAR_STEM_MAX_SIZE", "RESNET_LAYOUTS", "ResNet"]

@@ -1,10 +1,11 @@
-"""Inpainting masks and the masked reconstruction loss of the context encoder
-(Pathak et al., "Context Encoders: Feature Learning by Inpainting", CVPR 2016).
+"""Inpainting masks of the context encoder (Pathak et al., "Context
+Encoders: Feature Learning by Inpainting", CVPR 2016).
 
 Every mask generator returns a bool tensor N x 1 x H x W, True where a pixel is
 dropped (to be inpainted), on `device`, its randomness drawn from `generator`
 (which must live on that device) or from torch's global generator. Each masks
 at most a quarter of the image, as the paper's three kinds do (Sec. 3.3).
+The masked reconstruction loss is `ssl_runner/losses/inpainting.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Device = torch.device | str | None
+from ssl_runner.views.protocol import Device
 
 MASK_KINDS = ("centre", "random_block", "random_region")
 # The largest masked share of an image (Sec. 3.3: every kind removes up to a quarter).
@@ -101,17 +102,4 @@ def draw_mask(kind: str, n: int, height: int, width: int, min_region_fraction: f
     raise ValueError(f"unknown mask kind '{kind}' (one of {', '.join(MASK_KINDS)})")
 
 
-def masked_l2_loss(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """The reconstruction loss of Eq. 1, ||M * (x - F((1 - M) * x))||^2, as a
-    mean: the squared error averaged over the masked pixels and their
-    channels, pooled over the batch (an image with a larger region counts
-    more). `mask` (bool, N x 1 x H x W or N x C x H x W, True = masked)
-    broadcasts over the channels. Unmasked pixels neither change the value
-    nor receive gradient (selected out before squaring, so not even a
-    non-finite prediction there leaks in); an empty mask gives 0."""
-    mask = mask.expand_as(prediction)
-    error = torch.where(mask, prediction - target, torch.zeros((), dtype=prediction.dtype, device=prediction.device))
-    return error.square().sum() / mask.sum().clamp_min(1)
-
-
-__all__ = ["MASK_KINDS", "centre_mask", "random_block_mask", "random_region_mask", "draw_mask", "masked_l2_loss"]
+__all__ = ["MASK_KINDS", "MAX_MASKED_FRACTION", "centre_mask", "draw_mask", "random_block_mask", "random_region_mask"]

@@ -15,7 +15,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ssl_runner.data.views import ViewParams, ViewRecipe, to_unit_float
+from ssl_runner.views.pixels import to_unit_float
+from ssl_runner.views.protocol import Device
+from ssl_runner.views.recipe import ViewParams, ViewRecipe
 
 # LooC's atomic augmentations, each the ViewRecipe parameters it copies.
 # Colour is jitter and grayscale together: both change colour only (the
@@ -33,8 +35,8 @@ class LeaveOneOutViews:
     atomic augmentation in `augmentations` after q and k0; batched on the
     images' device, or per image (N = 1) in DataLoader workers.
 
-    Has `views(images, count)` like `ViewRecipe`, so the data loaders and
-    `BaseMethod.make_views` use it unchanged (count must be n + 2)."""
+    A view maker (`protocol.ViewMaker`) with `num_views` = n + 2, so the
+    data loaders and `BaseMethod.make_views` use it as any other."""
 
     def __init__(self, recipe: ViewRecipe, augmentations: Sequence[str]) -> None:
         unknown = [a for a in augmentations if a not in ATOMIC_AUGMENTATIONS]
@@ -51,9 +53,10 @@ class LeaveOneOutViews:
 
     @property
     def num_views(self) -> int:
+        """q, k0, and one key per atomic augmentation."""
         return len(self.augmentations) + 2
 
-    def sample(self, n: int, height: int, width: int, device=None,
+    def sample(self, n: int, height: int, width: int, device: Device = None,
                generator: torch.Generator | None = None) -> list[ViewParams]:
         """Parameters of q, k0, k1..kn: ki is a fresh draw with q's parameters
         of augmentation i copied in."""
@@ -67,9 +70,7 @@ class LeaveOneOutViews:
             params.append(key)
         return params
 
-    def views(self, images: Tensor, count: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        if count != self.num_views:
-            raise ValueError(f"leave-one-out views come {self.num_views} at a time, not {count}")
+    def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         images = to_unit_float(images)
         n, _, height, width = images.shape
         return [self.recipe.apply(images, p) for p in self.sample(n, height, width, images.device, generator)]

@@ -1,6 +1,7 @@
 """RotNet's CIFAR backbone: a Network-In-Network (Lin et al. 2014) of conv
 blocks, as in `architectures/NetworkInNetwork.py` of the official RotNet code
-(gidariss/FeatureLearningRotNet; Gidaris et al., ICLR 2018, Sec. 3.1).
+(gidariss/FeatureLearningRotNet; Gidaris et al., ICLR 2018, Sec. 3.1),
+selected by `backbone.name` = `nin` or `nin_*`.
 
 Each block is three conv + BatchNorm + ReLU layers (no conv bias), a k x k
 conv followed by two 1x1 convs, sizes kept by padding:
@@ -20,13 +21,18 @@ figures use. `width` multiplies every channel count (a tiny NIN for tests).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from ssl_runner.models.backbones import StagedBackbone
+from ssl_runner.errors import UserError
+from ssl_runner.models.backbones.base import StagedBackbone
 
 MIN_BLOCKS = 3
+
+
+def block_names(num_blocks: int) -> Tuple[str, ...]:
+    return tuple(f"block{i}" for i in range(1, num_blocks + 1))
 
 
 class ConvBNReLU(nn.Sequential):
@@ -48,7 +54,7 @@ class NetworkInNetwork(StagedBackbone):
         if num_blocks < MIN_BLOCKS:
             raise ValueError(f"a NetworkInNetwork needs at least {MIN_BLOCKS} blocks, got {num_blocks}")
         c192, c160, c96 = (max(1, int(round(c * width))) for c in (192, 160, 96))
-        self.stage_names: Tuple[str, ...] = tuple(f"block{i}" for i in range(1, num_blocks + 1))
+        self.stage_names: Tuple[str, ...] = block_names(num_blocks)
         self.block1 = nn.Sequential()
         self.block1.add_module("conv1", ConvBNReLU(in_channels, c192, 5))
         self.block1.add_module("conv2", ConvBNReLU(c192, c160, 1))
@@ -64,6 +70,8 @@ class NetworkInNetwork(StagedBackbone):
             block.add_module("conv3", ConvBNReLU(c192, c192, 1))
             self.add_module(f"block{i}", block)
         self.stage_dims: Dict[str, int] = {name: (c96 if name == "block1" else c192) for name in self.stage_names}
+        # The pools before blocks 2 and 3 each halve the side.
+        self.stage_halvings = {name: min(i, 2) for i, name in enumerate(self.stage_names)}
         self.feature_dim = c192
         self.channels_last = False
         for m in self.modules():  # the official weight_initialization (He et al. 2015, fan-out)
@@ -84,5 +92,29 @@ class NetworkInNetwork(StagedBackbone):
         last block, the representation the rotation classifier reads)."""
         return self.feature_map(x, upto).mean((2, 3))
 
+    # ---- the registry's hooks ---------------------------------------------------------
+    @classmethod
+    def selects(cls, name: str) -> bool:
+        return name == "nin" or name.startswith("nin_")
 
-__all__ = ["ConvBNReLU", "NetworkInNetwork"]
+    @classmethod
+    def config_stage_names(cls, cfg: Any) -> List[str]:
+        return list(block_names(cfg.num_blocks))
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return f"a Network-In-Network of {cfg.num_blocks} blocks"
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        if cfg.num_blocks < MIN_BLOCKS:
+            raise UserError(f"config key 'backbone.num_blocks' is {cfg.num_blocks}; the Network-In-Network needs "
+                            f"at least {MIN_BLOCKS} blocks (the RotNet paper's CIFAR model has 4).")
+
+    @classmethod
+    def from_config(cls, cfg: Any, image_size: int) -> "NetworkInNetwork":
+        """A NIN of `cfg.num_blocks` blocks at `cfg.width` (any image size)."""
+        return cls(num_blocks=cfg.num_blocks, width=cfg.width)
+
+
+__all__ = ["ConvBNReLU", "MIN_BLOCKS", "NetworkInNetwork"]

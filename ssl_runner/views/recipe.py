@@ -1,0 +1,126 @@
+"""`ViewRecipe`: a chain of augmentations with sampled parameters, then
+normalisation; the view maker of the contrastive methods, and the crop and
+flip inside the pretext tasks' makers. `view_recipe_from_config` builds the
+one that `cfg.views` describes.
+
+A recipe's `sample` returns `ViewParams` (augmentation name -> its
+parameters), so a caller can copy one augmentation's parameters from one view
+into another (LooC's leave-one-out views). The family and its defaults follow
+SimCLR (Chen et al. 2020, Appendix A).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from ssl_runner.views.augmentation import Augmentation
+from ssl_runner.views.augmentations import (ColorJitter, GaussianBlur, HorizontalFlip, RandomGrayscale, Rotation90,
+                                            Solarize)
+from ssl_runner.views.crop import RandomResizedCrop
+from ssl_runner.views.pixels import normalize, to_unit_float
+from ssl_runner.views.protocol import Device
+
+ViewParams = dict[str, dict[str, Tensor]]
+
+
+class ViewRecipe:
+    """A chain of augmentations, the first a `RandomResizedCrop` (so every
+    later one works on size x size images), then normalisation:
+    uint8 (or [0, 1] float) N x 3 x H x W in, float32 N x 3 x size x size out.
+    """
+
+    def __init__(self, augmentations: list[Augmentation], mean: Sequence[float], std: Sequence[float],
+                 num_views: int = 1) -> None:
+        if num_views < 1:
+            raise ValueError(f"a view recipe makes at least one view per image, got num_views={num_views}")
+        if not augmentations or not isinstance(augmentations[0], RandomResizedCrop):
+            raise ValueError("a view recipe starts with a RandomResizedCrop (it sets the output size)")
+        names = [augmentation.name for augmentation in augmentations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"augmentation names must be unique (they key ViewParams), got {names}")
+        self.augmentations = list(augmentations)
+        self.names = names
+        self.mean, self.std = list(mean), list(std)
+        self.size: int = augmentations[0].size
+        # How many independent views of each image `views` makes.
+        self.num_views = num_views
+
+    def sample(self, n: int, height: int, width: int, device: Device = None,
+               generator: torch.Generator | None = None) -> ViewParams:
+        """Parameters of every augmentation for n images of height x width."""
+        return {aug.name: aug.sample(n, height, width, device, generator) for aug in self.augmentations}
+
+    def apply(self, images: Tensor, params: ViewParams) -> Tensor:
+        """The views that `params` describe; a pure function of its arguments."""
+        views = to_unit_float(images)
+        for aug in self.augmentations:
+            views = aug.apply(views, params[aug.name])
+        return normalize(views, self.mean, self.std)
+
+    def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """`num_views` independent views of each image (the uint8 batch converted once)."""
+        images = to_unit_float(images)
+        return [self(images, generator) for _ in range(self.num_views)]
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        n, _, height, width = images.shape
+        return self.apply(images, self.sample(n, height, width, images.device, generator))
+
+    @classmethod
+    def simclr(cls, size: int, mean: Sequence[float], std: Sequence[float],
+               crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+               hflip_p: float = 0.5, jitter_p: float = 0.8, jitter_strength: float = 0.5,
+               grayscale_p: float = 0.2, blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
+               blur_kernel_fraction: float = 0.1, solarize_p: float = 0.0, rotation_p: float = 0.0,
+               num_views: int = 1) -> ViewRecipe:
+        """SimCLR's family (Appendix A), in its order: crop, flip, colour
+        jitter (strength s: brightness, contrast, saturation 0.8 s, hue
+        0.2 s), grayscale, blur, solarisation; plus LooC's rotation by
+        multiples of 90 degrees after the flip. Augmentations with
+        probability 0 are left out, so they cost nothing and have no params.
+        `num_views`: views per image of `views` (SimCLR's pairs: 2)."""
+        augmentations: list[Augmentation] = [RandomResizedCrop(size, crop_scale, crop_ratio)]
+        if hflip_p > 0:
+            augmentations.append(HorizontalFlip(hflip_p))
+        if rotation_p > 0:
+            augmentations.append(Rotation90(rotation_p))
+        if jitter_p > 0:
+            s = jitter_strength
+            augmentations.append(ColorJitter(jitter_p, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s))
+        if grayscale_p > 0:
+            augmentations.append(RandomGrayscale(grayscale_p))
+        if blur_p > 0:
+            augmentations.append(GaussianBlur(blur_p, blur_sigma, blur_kernel_fraction))
+        if solarize_p > 0:
+            augmentations.append(Solarize(solarize_p))
+        return cls(augmentations, mean, std, num_views)
+
+
+def view_recipe_from_config(cfg: DictConfig, num_views: int, **overrides: Any) -> ViewRecipe:
+    """The training views that `cfg.views` describes, at `cfg.data.image_size`,
+    `num_views` per image (`overrides`: keyword arguments of
+    `ViewRecipe.simclr` to replace)."""
+    v = cfg.views
+    return ViewRecipe.simclr(**{**dict(
+        size=cfg.data.image_size,
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        crop_scale=tuple(v.crop_scale),
+        crop_ratio=tuple(v.crop_ratio),
+        hflip_p=v.hflip_p,
+        jitter_p=v.jitter_p,
+        jitter_strength=v.jitter_strength,
+        grayscale_p=v.grayscale_p,
+        blur_p=v.blur_p,
+        blur_sigma=tuple(v.blur_sigma),
+        blur_kernel_fraction=v.blur_kernel_fraction,
+        solarize_p=v.solarize_p,
+        rotation_p=v.rotation_p,
+    ), **overrides}, num_views=num_views)
+
+
+__all__ = ["ViewParams", "ViewRecipe", "view_recipe_from_config"]

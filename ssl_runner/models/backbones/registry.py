@@ -9,7 +9,7 @@ in `BACKBONES`.
 
 from __future__ import annotations
 
-from typing import Any, List, Type
+from typing import Any, Type
 
 from ssl_runner.errors import UserError
 from ssl_runner.models.backbones.base import StagedBackbone
@@ -24,11 +24,6 @@ BACKBONES: tuple = (NetworkInNetwork, ResNet)
 def backbone_class(name: str) -> Type[StagedBackbone]:
     """The kind of backbone `backbone.name` = `name` selects."""
     return next(kind for kind in BACKBONES if kind.selects(name))
-
-
-def backbone_stage_names(backbone: Any) -> List[str]:
-    """The stages eval.feature_layer may name for the backbone config `backbone`."""
-    return backbone_class(backbone.name).config_stage_names(backbone)
 
 
 def build_backbone(cfg: Any, image_size: int) -> StagedBackbone:
@@ -54,4 +49,4 @@ def check_backbone(cfg: Any) -> None:
                         f"eval.feature_layer to one of them, or to null for the representation after {stages[-1]}.")
 
 
-__all__ = ["BACKBONES", "backbone_class", "backbone_stage_names", "build_backbone", "check_backbone"]
+__all__ = ["BACKBONES", "backbone_class", "build_backbone", "check_backbone"]

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
 # Keys that describe the attempt, not its result.
-NOT_COMPARED = {"seconds", "wall_seconds", "seconds_to_first_step", "resumed_from", "run_dir", "hardware",
-                "checkpoint", "encoder_checkpoint", "started", "finished", "artifacts"}
+NOT_COMPARED = {"seconds", "wall_seconds", "seconds_to_first_step", "resumed_from", "run_dir", "run", "hardware",
+                "checkpoint", "encoder_checkpoint", "started", "finished", "artifacts", "plots"}
 
 
 HEADLINE = {"pretrain loss": "stages.pretrain.loss", "kNN": "stages.knn.top1", "linear": "stages.linear.top1",

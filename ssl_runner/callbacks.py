@@ -1,22 +1,21 @@
 """The Lightning callbacks every training stage gets (training.build_trainer):
 
-- `EpochSeeds`: every random number an epoch draws in the training process
+- `BatchSeeds`: every random number a batch draws in the training process
   (views made on the device, dropout, a method's random choices) comes from
-  (seed, stage, rank, epoch), and with the loaders' EpochShuffle sampler
-  (data/loaders.py) the order and the workers' views too, so a stage resumed
-  from its epoch-k checkpoint replays epoch k+1 exactly as the uninterrupted
-  run did;
+  (seed, stage, rank, epoch, batch), and with the loaders' EpochShuffle
+  sampler (data/loaders.py) the order and the workers' views too, so a stage
+  resumed from any checkpoint, mid-epoch included, replays the rest exactly
+  as the uninterrupted run did;
 - `StopOnNonFinite`: a NaN or infinite loss, gradient or weight stops the
   stage at once, before the bad step is applied or saved;
-- `EpochRecord`: the stage's figures at the end of each epoch, kept in the
-  checkpoint, so that a resumed stage reports what the uninterrupted one
-  would, even when nothing was left to train.
+- `EpochRecord`: the stage's position and figures, kept in the checkpoint,
+  so that a resumed stage reports what the uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import lightning as L
 import torch
@@ -27,19 +26,36 @@ from ssl_runner.errors import TrainingDiverged
 from ssl_runner.seeding import epoch_seed, seed_all
 
 
-class EpochSeeds(Callback):
-    """Reseeds every generator at the start of each epoch from (seed, stage,
-    rank, epoch): the views made on the device, dropout, a method's random
-    choices. Ranks differ so that they draw different views. The order of the
-    data and the workers' seeds do not come from here (Lightning may make an
-    epoch's DataLoader iterator before this hook): the training loaders'
+class BatchSeeds(Callback):
+    """Reseeds every generator before each training batch from (seed, stage,
+    rank, epoch, batch): the views made on the device, dropout, a method's
+    random choices. Ranks differ so that they draw different views. Seeding
+    per batch, not per epoch, lets a stage resumed from a mid-epoch
+    checkpoint draw what the uninterrupted run drew. (The batch is seeded
+    before its transfer, where views are made: at the epoch's start for its
+    first batch, after each batch for the next.) The order of the data and
+    the workers' views do not come from here: the training loaders'
     EpochShuffle sampler draws them from (seed, rank, epoch) itself."""
 
     def __init__(self, seed: int, stage: str) -> None:
         self.seed, self.stage = seed, stage
 
+    def _seed_batch(self, trainer: L.Trainer, batch: int) -> None:
+        seed_all(epoch_seed(self.seed, f"{self.stage} batch {batch}", trainer.global_rank, trainer.current_epoch))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resumed mid-epoch, Lightning skips on_train_epoch_start: the first batch
+        # is the one after those the checkpoint holds.
+        record = next(c for c in trainer.callbacks if isinstance(c, EpochRecord))
+        if record.resumed_mid_epoch(trainer):
+            self._seed_batch(trainer, record.batches_done)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seed_all(epoch_seed(self.seed, self.stage, trainer.global_rank, trainer.current_epoch))
+        self._seed_batch(trainer, 0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._seed_batch(trainer, batch_idx + 1)
 
 
 def _eval_settings_key(stage: str) -> str:
@@ -117,29 +133,106 @@ class StopOnNonFinite(Callback):
 
 
 class EpochRecord(Callback):
-    """The stage's figures at each epoch's end (`metrics`: the logged epoch
-    means and monitors) and its training seconds summed over every attempt,
-    saved in and restored from the checkpoint."""
+    """Where the stage is and what it has measured, saved in and restored from
+    every checkpoint (checkpoints.Position reads it):
+
+    - `metrics`: the figures at the last epoch's end (logged epoch means and
+      monitors), so a resumed stage reports what the uninterrupted one would,
+      even when nothing was left to train;
+    - `seconds`: training time summed over every attempt;
+    - `epoch`, `batches_done`, `epoch_finished`: the position;
+    - mid-epoch, the running sums of the epoch means Lightning accumulates
+      (they are not in its checkpoints), one set per rank: added back after
+      the resumed epoch's first batch, so its means cover every batch, in
+      the same order of additions as the uninterrupted run (a + b == b + a)."""
 
     def __init__(self) -> None:
         self.metrics: Dict[str, float] = {}
         self.seconds = 0.0
+        self.epoch, self.batches_done, self.epoch_finished = 0, 0, False
         self._epoch_started: Optional[float] = None
+        self._trainer: Optional[L.Trainer] = None
+        self._restored_sums: Optional[Dict[str, Dict[str, torch.Tensor]]] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def resumed_mid_epoch(self, trainer: L.Trainer) -> bool:
+        """Whether this fit resumes from a mid-epoch checkpoint (Lightning then
+        continues the epoch without calling on_train_epoch_start)."""
+        return self.epoch == trainer.current_epoch and not self.epoch_finished and self.batches_done > 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.resumed_mid_epoch(trainer):
+            self._epoch_started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
+        self._restored_sums = None
+        self.epoch, self.batches_done, self.epoch_finished = trainer.current_epoch, 0, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.batches_done = batch_idx + 1
+        if self._restored_sums is not None:
+            for key, metric in _epoch_means(trainer).items():
+                saved = self._restored_sums.get(key)
+                if saved is not None:
+                    metric.value = metric.value + saved["value"].to(metric.value)
+                    metric.cumulated_batch_size = (metric.cumulated_batch_size
+                                                   + saved["count"].to(metric.cumulated_batch_size))
+            self._restored_sums = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
                         if not k.endswith("_step")}
+        self.epoch_finished = True
         if self._epoch_started is not None:
             self.seconds += time.perf_counter() - self._epoch_started
             self._epoch_started = None
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"metrics": dict(self.metrics), "seconds": self.seconds}
+        seconds = self.seconds
+        if self._epoch_started is not None:  # mid-epoch: the epoch so far counts too
+            seconds += time.perf_counter() - self._epoch_started
+        state: Dict[str, Any] = {"metrics": dict(self.metrics), "seconds": seconds, "epoch": self.epoch,
+                                 "batches_done": self.batches_done, "epoch_finished": self.epoch_finished}
+        trainer = self._trainer
+        if trainer is not None and not self.epoch_finished and trainer.training:
+            state["logged_steps"] = int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+            sums = {key: {"value": m.value.detach().cpu().clone(), "count": m.cumulated_batch_size.detach().cpu()
+                          .clone()} for key, m in _epoch_means(trainer).items()}
+            # Saved by rank 0 alone, so it carries every rank's sums (every rank saves together).
+            state["epoch_sums"] = _gather_objects(sums)
+        return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.metrics = dict(state_dict.get("metrics", {}))
         self.seconds = float(state_dict.get("seconds", 0.0))
+        self.epoch = int(state_dict.get("epoch", 0))
+        self.batches_done = int(state_dict.get("batches_done", 0))
+        self.epoch_finished = bool(state_dict.get("epoch_finished", True))
+        per_rank = state_dict.get("epoch_sums")
+        self._restored_sums = None
+        if per_rank and not self.epoch_finished:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            self._restored_sums = per_rank[rank]
 
+
+def _epoch_means(trainer: L.Trainer) -> Dict[str, Any]:
+    """The metrics Lightning is averaging over the current training epoch
+    (mean-reduced tensors logged with on_epoch=True), by key."""
+    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
+
+    results = trainer.fit_loop.epoch_loop._results
+    return {key: metric for key, metric in results.items()
+            if isinstance(metric, _ResultMetric) and metric.meta.on_epoch and metric.is_tensor
+            and metric.meta.is_mean_reduction}
+
+
+def _gather_objects(obj: Any) -> List[Any]:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return [obj]
+    out: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_runner.config_eval import ClassifierStageConfig, EvalConfig, KnnConfig, NonLinearStageConfig, ProbeConfig
+
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
 
@@ -144,6 +146,13 @@ class TrainerConfig:
     compile: bool = False
     # "auto": a rich progress bar on a terminal, plain lines otherwise.
     progress: str = "auto"
+    # Plain progress lines: one every this many optimizer steps or seconds,
+    # whichever comes first (and one at each epoch's end).
+    progress_every_steps: int = 50
+    progress_every_seconds: float = 60.0
+    # Also save last.ckpt every this many minutes of training, mid-epoch
+    # (null: at epoch ends only); a killed run loses at most this much.
+    checkpoint_every_minutes: Optional[float] = 10.0
 
 
 @dataclass
@@ -161,79 +170,8 @@ class LoggerConfig:
 class PipelineConfig:
     name: str = "default"
     stages: List[str] = field(default_factory=lambda: ["pretrain", "knn", "linear"])
-
-
-@dataclass
-class KnnConfig:
-    k: int = 200
-    temperature: float = 0.1
-
-
-@dataclass
-class ClassifierStageConfig:
-    """A supervised stage on top of the pretrained encoder (linear or fine-tune)."""
-
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    # false: train on features of unaugmented images, computed once (fast);
-    # true: random crop + flip each epoch, the encoder run every step.
-    augment: bool = False
-
-
-@dataclass
-class ProbeConfig(ClassifierStageConfig):
-    """The property probes (probe_rotation, probe_color): a linear classifier
-    on cached frozen features of every image under each transform."""
-
-    epochs: int = 30
-    lr: float = 0.5
-    # Class-balanced subsets (each image is encoded once per transform); null: all.
-    train_images: Optional[int] = 10000
-    test_images: Optional[int] = None
-
-
-@dataclass
-class NonLinearStageConfig(ClassifierStageConfig):
-    """The `nonlinear` stage: RotNet's non-linear classifier (Sec. 3.1; the
-    official code's MultLayer classifier) on the frozen encoder's feature map
-    at eval.feature_layer: pool 3/2/1, flatten, two hidden layers of
-    `hidden_dim` (Linear + BatchNorm + ReLU), a linear output layer."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    # true: random crop + flip each epoch; false: the unaugmented images.
-    augment: bool = True
-    # The official code's width: min(20 x classes, 2048) = 200 for CIFAR-10.
-    hidden_dim: int = 200
-    # The 3x3, stride-2 pool before flattening: "max" or "avg" (the official
-    # NIN's block 2 ends in an average pool; see conf/experiment/rotnet_cifar10.yaml).
-    pool: str = "max"
-
-
-@dataclass
-class EvalConfig:
-    random_baseline: bool = False
-    # The backbone stage whose pooled output every evaluation stage uses
-    # (layer1..layer4 of a ResNet, block1..blockN of a NIN; the nonlinear
-    # stage reads its unpooled map); null: the last stage (the representation h).
-    feature_layer: Optional[str] = None
-    knn: KnnConfig = field(default_factory=KnnConfig)
-    # Also the settings of linear_concat (LooC++), so the two are comparable.
-    linear: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    nonlinear: NonLinearStageConfig = field(default_factory=NonLinearStageConfig)
-    finetune: ClassifierStageConfig = field(
-        default_factory=lambda: ClassifierStageConfig(
-            epochs=30, lr=0.01, weight_decay=5e-4, nesterov=True, augment=True
-        )
-    )
+    # curves.png, views.png and embedding.png in the stage folders (ssl_runner/plots.py).
+    plots: bool = True
 
 
 @dataclass
@@ -284,6 +222,7 @@ __all__ = [
     "EvalConfig",
     "MonitorConfig",
     "ClassifierStageConfig",
+    "ProbeConfig",
     "NonLinearStageConfig",
     "KnnConfig",
     "to_plain",

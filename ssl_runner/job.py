@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import traceback
@@ -31,6 +32,7 @@ from ssl_runner.errors import EXIT_COLLECTIVE_FAILURE, EXIT_USER_ERROR, UserErro
 from ssl_runner.run_dir import SUMMARY
 from ssl_runner.run_lock import LOCK_FILE, RunFolderLock
 from ssl_runner.safe_io import write_failure, write_failure_paragraph, write_json, write_text
+from ssl_runner.stopping import RunStopped, ignore_further_signals, install_stop_handlers
 
 log = logging.getLogger("ssl_runner")
 
@@ -51,9 +53,12 @@ class _WorkerFailed(Exception):
     """A rank this process started exited non-zero (its own messages say why)."""
 
 
-def _failure(err: BaseException, multirun: bool) -> Optional[Failure]:
+def _failure(err: BaseException, multirun: bool, run_dir: Path) -> Optional[Failure]:
     """The Failure that `err` stands for, or None for an error to re-raise (a
-    bug in a single run gets its traceback; Ctrl-C stops a sweep too)."""
+    bug in a single run gets its traceback)."""
+    if isinstance(err, RunStopped):  # said once, by rank 0
+        message = f"{err}. Resume with: {resume_command(run_dir)}" if collectives.is_main_process() else ""
+        return Failure(err.exit_code, err.status, message)
     if isinstance(err, _WorkerFailed):
         return Failure(EXIT_COLLECTIVE_FAILURE, "failed", str(err))
     if isinstance(err, UserError):
@@ -88,6 +93,13 @@ def discard_empty_run_dir(run_dir: Path) -> None:
             run_dir.parent.rmdir()
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command line that resumes this job: its overrides (a sweep job's
+    own values, no -m) and its run folder."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+    return shlex.join(["python", "-m", "ssl_runner", *overrides, f"hydra.run.dir={run_dir}"])
+
+
 def save_hydra_files(task_cfg: DictConfig, run_dir: Path) -> None:
     """`.hydra/` (the composed config, Hydra's config, the overrides), written
     once the run folder has accepted this config (conf/config.yaml sets
@@ -115,7 +127,7 @@ def _record_failed_job(cfg: DictConfig, run_dir: Path, failure: Failure) -> None
         summary["status"] = failure.status
     summary.setdefault("error", failure.message.removeprefix("error: "))
     summary.setdefault("method", OmegaConf.select(cfg, "method.name", default=None, throw_on_resolution_failure=False))
-    summary.update(exit_code=failure.exit_code, run_dir=str(run_dir),
+    summary.update(exit_code=failure.exit_code, run=run_dir.name,
                    overrides=list(HydraConfig.get().overrides.task))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +148,7 @@ def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     hydra = HydraConfig.get()
     multirun = hydra.mode == RunMode.MULTIRUN
     run_dir = Path(hydra.runtime.output_dir)
+    install_stop_handlers()
     lock = RunFolderLock(run_dir) if launch_rank() == 0 else None
     session = None
     accepted = False
@@ -161,21 +174,24 @@ def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
             accepted = True
             save_hydra_files(cfg, run_dir)
 
-        summary = run_pipeline(typed, run_dir, on_accepted=accept)
+        summary = run_pipeline(typed, run_dir, on_accepted=accept, resume_command=resume_command(run_dir))
         problem = session.finish(failed=False) if session is not None else None
         session = None
         if problem:  # a worker rank failed after this one finished
             raise _WorkerFailed(problem)
     except BaseException as err:
-        failure = _failure(err, multirun)
+        if isinstance(err, RunStopped):
+            ignore_further_signals()
+        failure = _failure(err, multirun, run_dir)
         if session is not None:
-            problem = session.finish(failed=True)
+            problem = session.finish(failed=True, stopped=isinstance(err, RunStopped))
             if problem and failure is None:
                 print(problem, file=sys.stderr)
         if failure is None:
             raise
-        print(failure.message, file=sys.stderr)
-        if not multirun:
+        if failure.message:
+            print(failure.message, file=sys.stderr)
+        if not multirun or isinstance(err, RunStopped):  # a signal stops a sweep too
             if lock is not None and not accepted:
                 discard_empty_run_dir(run_dir)
             sys.exit(failure.exit_code)
@@ -186,6 +202,7 @@ def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
         if lock is not None:
             lock.release()
     if collectives.is_main_process():
-        results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()}
-        log.info("run folder %s: %s", run_dir, results)
+        results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()
+                   if "top1" in stage or "loss" in stage}
+        log.info("done: %s; run folder %s", results, run_dir)
     return summary

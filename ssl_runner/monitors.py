@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ssl_runner.distributed import collectives
 from ssl_runner.eval.knn import knn_top1
-from ssl_runner.runtime import process_age
+from ssl_runner.runtime import job_age
 
 # The validation loaders of the pretrain stage, by dataloader index.
 TRAIN_SPLIT_LOADER, TEST_SPLIT_LOADER = 0, 1
@@ -83,7 +83,8 @@ class KnnMonitor(Callback):
 
 
 class FirstStepClock(Callback):
-    """`seconds`: process start to the end of this attempt's first training
+    """`seconds`: the job's start (the process's for a single run, the job's
+    own in a multirun; runtime.job_age) to the end of this attempt's first training
     step (None until a step ran; a resumed stage with nothing left to train
     has none)."""
 
@@ -93,7 +94,7 @@ class FirstStepClock(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.seconds is None:
-            self.seconds = round(process_age(), 2)
+            self.seconds = round(job_age(), 2)
 
 
 def pretrain_callbacks(cfg: DictConfig, num_classes: int) -> List[Callback]:

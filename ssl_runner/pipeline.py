@@ -20,18 +20,20 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_runner import progress
 from ssl_runner.config import to_plain
 from ssl_runner.distributed import collectives
 from ssl_runner.distributed.batch import batch_sizes
 from ssl_runner.encoder import adopt_checkpoint_architecture
 from ssl_runner.methods import METHODS
-from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, summarise
+from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, relative_paths, summarise
 from ssl_runner.runtime import job_age
 from ssl_runner.safe_io import write_json, write_text
 from ssl_runner.stages import STAGES, random_init_names
 from ssl_runner.stages.context import RunContext
-from ssl_runner.stages.registry import ENCODER, TEST_SPLIT
-from ssl_runner.training import prepare_stage_folder
+from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, TRAIN_SPLIT
+from ssl_runner.checkpoints import prepare_stage_folder
+from ssl_runner.stopping import raise_if_stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,9 @@ def run_facts(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "data": cfg.data.name,
         "backbone": cfg.backbone.name,
         "seed": cfg.seed,
-        "run_dir": str(run_dir),
+        # The folder's name, not its path: every path in summary.json is
+        # relative to the run folder, so the folder can move.
+        "run": run_dir.name,
         "train_images": cfg.data.subset,
         "test_images": cfg.data.test_subset,
         "epochs": cfg.trainer.max_epochs,
@@ -79,11 +83,35 @@ def planned_stages(cfg: DictConfig) -> List[str]:
     return stages
 
 
+def image_counts(ctx: RunContext, stages: List[str], facts: Dict[str, Any]) -> None:
+    """The images actually used (after subsets, as decoded), into `facts`; a
+    split no stage reads stays as configured."""
+    if "train_images" in ctx.__dict__ or any(TRAIN_SPLIT in STAGES[s].reads for s in stages):
+        facts["train_images"] = len(ctx.train_images)
+    if "test_images" in ctx.__dict__:
+        facts["test_images"] = len(ctx.test_images)
+
+
+def announce(cfg: DictConfig, facts: Dict[str, Any], stages: List[str], run_dir: Path,
+             resume_command: Optional[str]) -> None:
+    """The start banner, and the plan the progress lines' run ETA reads. (Two
+    views per image: the estimate's ratio between pretraining and the later
+    stages; the current stage's own rate is measured.)"""
+    work = {s: progress.stage_work(cfg, s, facts["train_images"] or 0, facts["test_images"] or 0, 2) for s in stages}
+    progress.set_plan(progress.RunPlan(stages, work))
+    if collectives.is_main_process():
+        for line in progress.banner_lines(cfg, facts, stages, str(run_dir), resume_command):
+            log.info("%s", line)
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callback]] = None,
-                 on_accepted: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+                 on_accepted: Optional[Callable[[], None]] = None,
+                 resume_command: Optional[str] = None) -> Dict[str, Any]:
     """Run the configured stages in `run_dir`; returns the summary it writes.
     `on_accepted` is called on the main process once the folder has accepted
-    this config (the CLI records Hydra's files then, never before a refusal)."""
+    this config (the CLI records Hydra's files then, never before a refusal).
+    `resume_command` is the command line that resumes this run (the banner
+    shows it)."""
     main = collectives.is_main_process()
     if collectives.world_size() > 1 and not collectives.is_initialized():
         raise RuntimeError("a multi-process config needs its process group; start runs through "
@@ -108,12 +136,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         if on_accepted is not None:
             on_accepted()
     facts = run_facts(cfg, run_dir)
+    image_counts(ctx, stages, facts)
+    announce(cfg, facts, stages, run_dir, resume_command)
     build_summary = partial(summarise, stages=stages, baselines=random_init_names())
 
     def write_summary() -> Dict[str, Any]:
         # Wall clock of this job so far, start-up included (a resumed run counts
         # its last attempt only; a multirun job from its own start).
-        summary = {**build_summary(manifest, facts), "wall_seconds": round(job_age(), 1)}
+        summary = relative_paths({**build_summary(manifest, facts), "wall_seconds": round(job_age(), 1)}, run_dir)
         if main:
             write_json(run_dir / SUMMARY, summary)
         return summary
@@ -126,9 +156,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
             prepare_stage_folder(run_dir, stage)
         collectives.barrier()
         L.seed_everything(cfg.seed, verbose=False)
-        log.info("%s: starting", stage)
+        plan = progress.PLAN
+        if plan is not None:
+            plan.enter(stage)
+        log.info("%s: starting (%s)", stage, plan.label() if plan is not None else stage)
         manifest.start(stage)
         try:
+            raise_if_stop_requested(f"before {stage}")
             result = STAGES[stage].run(ctx)
         except BaseException as err:
             manifest.fail(stage, err)

@@ -47,6 +47,12 @@ def load_summary(path: Path) -> Dict[str, Any]:
     return summary
 
 
+def run_name(summary: Dict[str, Any]) -> str:
+    """The run folder's name (`run`; summaries written before it was added
+    held the folder's path as `run_dir`)."""
+    return summary.get("run") or Path(summary.get("run_dir", "?")).name
+
+
 def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
     stages, baseline = summary.get("stages", {}), summary.get("baseline", {})
     knn = stages.get("knn", {}).get("top1")
@@ -71,7 +77,7 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, str]:
         "random-init kNN": random_knn,
         "kNN gain": None if knn is None or random_knn is None else round(knn - random_knn, 2),
         "linear top-1": stages.get("linear", {}).get("top1"),
-        "run": Path(summary.get("run_dir", "?")).name,
+        "run": run_name(summary),
     }
 
 
@@ -141,7 +147,7 @@ class SweepResultsTable(Callback):
         failed = [s for s in map(load_summary, summaries) if run_outcome(s) != "done"]
         if failed:
             print(f"error: {len(failed)} of {len(summaries)} jobs did not finish: "
-                  + "; ".join(f"{Path(s.get('run_dir', '?')).name} {run_outcome(s)}" for s in failed),
+                  + "; ".join(f"{run_name(s)} {run_outcome(s)}" for s in failed),
                   file=sys.stderr)
             sys.exit(int(failed[0].get("exit_code", 1)))
 
@@ -160,8 +166,8 @@ def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
     for path in summaries:
         summary = load_summary(path)
         if summary.get("method") in runs:
-            raise ValueError(f"two runs of {summary['method']} ({runs[summary['method']]['run_dir']} and "
-                             f"{summary.get('run_dir')}); pass one folder per method")
+            raise ValueError(f"two runs of {summary['method']} ({run_name(runs[summary['method']])} and "
+                             f"{run_name(summary)}); pass one folder per method")
         runs[summary.get("method")] = summary
     lines = ["| " + " | ".join(METHOD_COLUMNS) + " |", "|" + "---|" * len(METHOD_COLUMNS)]
     for name, meta in info.items():

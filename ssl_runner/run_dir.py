@@ -26,7 +26,8 @@ SUMMARY = "summary.json"
 # Keys that may change between a run and its resumption without changing what
 # the finished stages computed.
 RESUMABLE_CHANGES = ("pipeline", "logger", "trainer.progress", "data.num_workers", "data.root", "data.decode_cache",
-                     "data.cache_dir", "trainer.keep_freed_memory", "trainer.collective_timeout_s")
+                     "data.cache_dir", "trainer.keep_freed_memory", "trainer.collective_timeout_s",
+                     "trainer.progress_every_steps", "trainer.progress_every_seconds", "trainer.checkpoint_every_minutes")
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -136,8 +137,19 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else its architecture."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware_description(accelerator: str) -> Dict[str, Any]:
-    info: Dict[str, Any] = {"accelerator": accelerator, "cpu": platform.processor() or platform.machine(),
+    info: Dict[str, Any] = {"accelerator": accelerator, "cpu": cpu_model(),
                             "cpu_threads": torch.get_num_threads()}
     if torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto"):
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -171,3 +183,19 @@ def summarise(manifest: Manifest, facts: Dict[str, Any], stages: Sequence[str] =
         (baseline if name in baselines else shown_stages)[name] = shown
     return {**run_status(manifest, stages or list(manifest.data["stages"])), **facts, "stages": shown_stages,
             "baseline": baseline}
+
+
+def relative_paths(tree: Any, run_dir: Path) -> Any:
+    """`tree` with every string that is a path inside `run_dir` made relative
+    to it, so that summary.json still holds when the folder moves (paths
+    outside it, such as a `checkpoint=` input, stay as given)."""
+    if isinstance(tree, dict):
+        return {k: relative_paths(v, run_dir) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [relative_paths(v, run_dir) for v in tree]
+    if isinstance(tree, str) and tree.startswith("/"):
+        try:
+            return str(Path(tree).resolve().relative_to(run_dir.resolve()))
+        except ValueError:
+            return tree
+    return tree

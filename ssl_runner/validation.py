@@ -21,6 +21,7 @@ from omegaconf.errors import (
 )
 
 from ssl_runner import config as schema
+from ssl_runner.backbone_export import check_exportable
 from ssl_runner.errors import UserError
 from ssl_runner.models.backbones import check_backbone
 from ssl_runner.optim import LR_SCALING_RULES, OPTIMIZERS, SCHEDULES
@@ -146,6 +147,7 @@ def _check_values(cfg: DictConfig, stages: Sequence[str]) -> None:
             raise UserError(
                 f"unknown stage '{stage}' in pipeline.stages. Available stages: {', '.join(stages)}."
             )
+    check_exportable(cfg)
     for key in ("data.batch_size", "data.eval_batch_size", "trainer.max_epochs", "data.image_size",
                 "trainer.num_nodes", "trainer.collective_timeout_s", "trainer.accumulate_grad_batches"):
         if OmegaConf.select(cfg, key) < 1:

@@ -33,6 +33,14 @@ def cifar_root() -> Path:
     return root
 
 
+def without_plots(args) -> List[str]:
+    """A CLI run's arguments with `pipeline.plots=false` added unless they set
+    it: the pictures cost about 4 s a run and change no figure
+    (tests/test_plots.py checks both), and the suite starts about sixty runs."""
+    args = list(args)
+    return args if any(a.startswith("pipeline.plots=") for a in args) else [*args, "pipeline.plots=false"]
+
+
 def run_method_cli(cifar_root: Path, run_dir: Path, *args: str, extra_env=None):
     """`python -m ssl_runner method=... data=cifar10 experiment=smoke ...` as a user runs it, reading the
     real CIFAR-10; asserts exit 0 and returns the run's summary.json and its pretrain metrics rows."""
@@ -42,7 +50,7 @@ def run_method_cli(cifar_root: Path, run_dir: Path, *args: str, extra_env=None):
     import sys
 
     env = {**os.environ, "SSL_RUNNER_DATA": str(cifar_root.parent), "CI": "true", **(extra_env or {})}
-    proc = subprocess.run([sys.executable, "-m", "ssl_runner", "data=cifar10", "experiment=smoke", *args,
+    proc = subprocess.run([sys.executable, "-m", "ssl_runner", "data=cifar10", "experiment=smoke", *without_plots(args),
                            f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -67,7 +75,8 @@ def cli(cifar_root: Path, *args: str, cwd=None, timeout: int = 600, extra_env=No
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "ssl_runner", *args], cwd=cwd, env=cli_env(cifar_root, extra_env),
+    return subprocess.run([sys.executable, "-m", "ssl_runner", *without_plots(args)], cwd=cwd,
+                          env=cli_env(cifar_root, extra_env),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -80,7 +89,7 @@ def cli_killed_when(cifar_root: Path, run_dir: Path, path: str, *args: str, time
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "ssl_runner", *args, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_runner", *without_plots(args), f"hydra.run.dir={run_dir}"],
                             env=cli_env(cifar_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
@@ -92,7 +101,8 @@ def cli_killed_when(cifar_root: Path, run_dir: Path, path: str, *args: str, time
 
 
 # Per-stage fields that differ between attempts without changing a result.
-ATTEMPT_FIELDS = {"seconds", "seconds_to_first_step", "resumed_from", "checkpoint", "encoder_checkpoint"}
+# ... and the pictures, which are not results (tests/test_plots.py checks they change none).
+ATTEMPT_FIELDS = {"seconds", "seconds_to_first_step", "resumed_from", "checkpoint", "encoder_checkpoint", "plots"}
 
 
 def figures(summary: dict) -> dict:

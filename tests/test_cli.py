@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
+from conftest import without_plots
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 def run_cli(args: List[str], cwd: Path, data: Path | str, timeout: int = 400, extra_env=None):
     env = {**os.environ, "SSL_RUNNER_DATA": str(data), "CI": "true", "PYTHONUNBUFFERED": "1"}
     env.update(extra_env or {})
-    return subprocess.run([sys.executable, "-m", "ssl_runner", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ssl_runner", *without_plots(args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -231,12 +232,46 @@ def test_wandb_offline_leaves_one_syncable_run_per_stage(tmp_path, data_dir):
     assert len({group for group, _ in records}) == 1 and records[0][0].endswith("w")
 
 
-def test_help_lists_the_groups_a_user_chooses_from(tmp_path, data_dir):
+def test_help_describes_the_runner_its_methods_presets_and_groups(tmp_path, data_dir):
+    import re
+
+    import ssl_runner.methods  # noqa: F401  (registers every method)
+    from ssl_runner.__main__ import config_dir
+    from ssl_runner.methods.registry import METHOD_INFO
+
     proc = run_cli(["--help"], tmp_path, data_dir)
     assert proc.returncode == 0, proc.stderr
-    groups = dict(line.split(": ", 1) for line in proc.stdout.split("== Config ==")[0].splitlines()
-                  if ": " in line and not line.startswith(" "))
-    assert "simclr" in groups["method"].split(", ") and "smoke" in groups["experiment"].split(", ")
-    # The per-method preset files are applied by themselves, never chosen: no group of their own.
-    assert not [g for g in groups if "/" in g or g == "experiment_method"], groups
-    assert "experiment/<preset>/<method>.yaml: cifar10_cpu, looc_rotation_cpu, smoke" in proc.stdout
+    text = proc.stdout
+    sections = dict(re.findall(r"^== (.+?) ==\n(.*?)(?=^== |\Z)", text, re.M | re.S))
+    # The description comes first, and says what runs on a machine without a GPU.
+    description = " ".join(text.split("== Examples ==")[0].split())
+    assert "pretrains an encoder without labels" in description and "one run folder" in description
+    assert re.search(r"without a GPU, a command that names no experiment runs the cifar10_cpu preset", description)
+    examples = sections["Examples"]
+    for example in ("method=simclr data=cifar10", "experiment=smoke", "experiment=simclr_cifar10", " -m ",
+                    "pipeline=eval checkpoint=", "hydra.run.dir="):
+        assert example in examples, example
+    # Every registered method, with its paper and kind, in the registry's order.
+    methods = [line.split()[0] for line in sections["Methods (method=NAME: paper - kind)"].splitlines() if line]
+    assert methods == list(METHOD_INFO)
+    for name, info in METHOD_INFO.items():
+        assert re.search(rf"^  {name} +{re.escape(info.paper)} - {info.kind}$", text, re.M), name
+    # Every preset (not the per-method adjustment folders) with its first comment line's description and cost.
+    conf = Path(config_dir())
+    preset_files = sorted((conf / "experiment").glob("*.yaml"))
+    listed = sections["Presets (experiment=NAME)"].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in listed if not line.startswith("   ")] == [p.stem for p in preset_files]
+    presets = " ".join(sections["Presets (experiment=NAME)"].split())
+    for path in preset_files:
+        first = next(line for line in path.read_text().splitlines() if line.startswith("#") and "@package" not in line)
+        assert "; " in first, f"{path.name}: its first comment line is not '# <description>; <cost>'"
+        what, cost = first.lstrip("# ").split("; ", 1)
+        assert f"{path.stem} {what}. Cost: {cost}." in presets, path.name
+    # The groups a user chooses, with exactly their options; not Hydra's, nor settings with one option.
+    lines = sections["Configuration groups"].split("\n\n")[1]
+    groups = dict(line.split(": ", 1) for line in re.sub(r"\n    ", " ", lines).splitlines())
+    truth = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in conf.iterdir() if d.is_dir()}
+    chosen = {g: o for g, o in truth.items() if g != "hydra" and o and o != ["default"]}
+    assert {g: sorted(o.replace(" (default)", "") for o in opts.split(", ")) for g, opts in groups.items()} == chosen
+    assert "resnet18 (default)" in groups["backbone"] and "hydra" not in groups and "eval" not in groups
+    assert "Override anything in the config (foo.bar=value)" in sections["Config"]

@@ -164,7 +164,7 @@ def test_smoke_run_reports_linear_looc_plus_plus_and_the_rotation_probe(cifar_ro
     env = {**os.environ, "SSL_RUNNER_DATA": str(cifar_root.parent), "CI": "true"}
     run_dir = tmp_path / "l1"
     proc = subprocess.run([sys.executable, "-m", "ssl_runner", "method=looc", "data=cifar10", "experiment=smoke",
-                           "eval.probe.train_images=500", "eval.probe.test_images=500",
+                           "pipeline.plots=false", "eval.probe.train_images=500", "eval.probe.test_images=500",
                            f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())

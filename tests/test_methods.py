@@ -125,7 +125,7 @@ def test_smoke_preset_completes_for_every_method(cifar_root, tmp_path, method):
     env = {**os.environ, "SSL_RUNNER_DATA": str(cifar_root.parent), "CI": "true"}
     run_dir = tmp_path / f"m-{method}"
     proc = subprocess.run([sys.executable, "-m", "ssl_runner", f"method={method}", "data=cifar10", "experiment=smoke",
-                           f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
+                           "pipeline.plots=false", f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == method

@@ -20,7 +20,7 @@ from ssl_runner.pipeline import run_pipeline
 pytestmark = pytest.mark.integration
 
 SMALL = ["experiment=smoke", "data.subset=400", "data.test_subset=200", "data.batch_size=100",
-         "eval.linear.epochs=2", "eval.random_baseline=false", "monitor.knn_every_n_epochs=0"]
+         "eval.linear.epochs=2", "eval.random_baseline=false", "monitor.knn_every_n_epochs=0", "pipeline.plots=false"]
 
 
 class CrashAfterEpoch(Callback):

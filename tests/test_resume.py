@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 # epoch), kNN, then a 5-epoch linear probe.
 TINY = ["method=simclr", "data=cifar10", "experiment=smoke", "data.subset=256", "data.test_subset=128",
         "data.batch_size=64", "trainer.max_epochs=3", "monitor.knn_every_n_epochs=1", "eval.random_baseline=false",
-        "eval.linear.epochs=5", "eval.linear.batch_size=64"]
+        "eval.linear.epochs=5", "eval.linear.batch_size=64", "pipeline.plots=false"]
 # One process with the linear probe on cached features; two (gloo) with the
 # probe on augmented images, sharded over the ranks.
 VARIANTS = {"1 process": [], "2 processes": ["trainer=ddp_cpu", "eval.linear.augment=true"]}

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 TINY = ["method=simclr", "data=cifar10", "experiment=smoke", "data.subset=256", "data.test_subset=128",
         "data.batch_size=64", "trainer.max_epochs=2", "eval.random_baseline=false", "eval.linear.epochs=2",
-        "monitor.knn_every_n_epochs=0"]
+        "monitor.knn_every_n_epochs=0", "pipeline.plots=false"]
 
 
 def _finite(path: Path) -> bool:
@@ -89,7 +89,8 @@ def test_a_sweep_records_bad_and_diverged_jobs_and_goes_on(tmp_path, cifar_root)
 
 def test_a_second_run_in_a_busy_folder_is_refused_and_the_first_loses_nothing(tmp_path, cifar_root):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "ssl_runner", *TINY, "trainer.max_epochs=4", f"hydra.run.dir={run_dir}"]
+    args = [sys.executable, "-m", "ssl_runner", *TINY, "trainer.max_epochs=4", "pipeline.plots=false",
+            f"hydra.run.dir={run_dir}"]
     first = subprocess.Popen(args, env=cli_env(cifar_root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     lock = run_dir / ".lock"

@@ -14,7 +14,7 @@ from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, Stage, register_stag
 
 def test_the_schema_accepts_the_registered_stages_and_no_twin():
     assert set(stage_names()) == {"pretrain", "knn", "linear", "finetune", "linear_concat", "nonlinear",
-                                  "probe_rotation", "probe_color"}
+                                  "probe_rotation", "probe_color", "export"}
     assert set(random_init_names()) == {"knn_random_init", "linear_random_init", "nonlinear_random_init",
                                         "probe_rotation_random_init", "probe_color_random_init"}
     for twin in random_init_names():
@@ -31,7 +31,8 @@ def test_an_unknown_stage_is_refused_with_the_registered_list():
 
 def test_only_pretraining_provides_the_encoder_and_every_evaluation_reads_the_test_split():
     assert [name for name, s in STAGES.items() if ENCODER in s.provides] == ["pretrain"]
-    assert all(TEST_SPLIT in s.reads for s in STAGES.values())
+    assert all(TEST_SPLIT in s.reads for s in STAGES.values() if s.name != "export")
+    assert STAGES["export"].reads == (ENCODER,)  # it writes the encoder's weights, reads no image
 
 
 def test_a_stage_name_cannot_be_registered_twice():

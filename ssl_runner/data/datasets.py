@@ -114,6 +114,10 @@ class ImageSet:
             images = cache.load()
             if images is not None:
                 return ImageSet(self.labels, self.classes, images=images, load_size=self.load_size)
+        # Tens of seconds for a 50,000-image split: say so before it starts.
+        log.info("decoding %d images from %s (once: %s)", len(self.paths), Path(self.paths[0]).parent.parent
+                 if self.paths else "?", f"kept in {cache.path} for later runs" if cache is not None
+                 else "data.decode_cache=false, so every run decodes them")
         decoded = [decode_file(p, self.load_size) for p in self.paths]
         shapes = {tuple(t.shape) for t in decoded}
         if len(shapes) > 1:

@@ -9,7 +9,8 @@ normalised on the device.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import itertools
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -33,18 +34,25 @@ class PretrainDataset(Dataset):
         self.images = images
         self.view_maker = view_maker
         self.repeats = repeats
+        # Set by EpochShuffle.set_epoch: the seed of this epoch's views.
+        self.epoch_views_seed = 0
 
     def __len__(self) -> int:
         return len(self.images) * self.repeats
 
     def __getitem__(self, index: int) -> Tuple[Any, Tensor, int]:
+        position = index  # unique in an epoch, also with repeats
         index = index % len(self.images)
         image = self.images.image(index)
         label = self.images.labels[index]
         if self.view_maker is None:
             return image, label, index
+        # Each item's views from a generator of its own, seeded by (epoch, sample
+        # index): the same views whichever worker makes them, also after a
+        # mid-epoch resume, which skips the batches already trained on.
+        generator = torch.Generator().manual_seed(self.epoch_views_seed * 1_000_003 + position)
         batch = image.unsqueeze(0)
-        return [view[0] for view in self.view_maker.views(batch)], label, index
+        return [view[0] for view in self.view_maker.views(batch, generator)], label, index
 
 
 class InMemoryBatches(PretrainDataset):
@@ -104,11 +112,29 @@ class EpochShuffle(DistributedSampler):
     def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.worker_seeds = torch.Generator()
+        # (epoch, samples): a mid-epoch resume skips that epoch's first samples.
+        self.skip: tuple[int, int] = (0, 0)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
+        if self.skip[0] != epoch:
+            self.skip = (epoch, 0)
         self.worker_seeds.manual_seed(epoch_seed(self.seed, "loader workers", self.rank, epoch))
+        if isinstance(self.dataset, PretrainDataset):
+            self.dataset.epoch_views_seed = epoch_seed(self.seed, "views", self.rank, epoch)
+
+    def resume_within_epoch(self, epoch: int, samples_done: int) -> None:
+        """Start at `epoch` after its first `samples_done` samples (a checkpoint
+        saved mid-epoch): the rest of the epoch comes in the uninterrupted
+        run's order. The length stays the epoch's, so Lightning counts the
+        resumed batches on from where the checkpoint left off."""
+        self.skip = (epoch, samples_done)
+        self.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        skipped = self.skip[1] if self.skip[0] == self.epoch else 0
+        return itertools.islice(super().__iter__(), skipped, None)
 
 
 def shuffled_loader(dataset: Dataset, batch_size: int, seed: int, world_size: int = 1, rank: int = 0,

@@ -149,13 +149,14 @@ class DistributedSession:
     # multirun's next job must not look like a launched rank).
     set_variables: List[str] = field(default_factory=list)
 
-    def finish(self, failed: bool) -> Optional[str]:
+    def finish(self, failed: bool, stopped: bool = False) -> Optional[str]:
         """Wait for the workers this process started (killing them if this rank
-        failed) and leave the process group. Returns a message when a worker
-        failed."""
+        failed; after a stop signal, which every rank acts on together, giving
+        them time to end by themselves first) and leave the process group.
+        Returns a message when a worker failed."""
         problem = None
         for local_rank, proc in enumerate(self.workers, start=1):
-            if failed:
+            if failed and not stopped:
                 proc.terminate()
             try:
                 code = proc.wait(timeout=60 if failed else None)

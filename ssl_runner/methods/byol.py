@@ -29,7 +29,8 @@ class BYOLConfig:
 
 
 @register_method("byol", BYOLConfig, paper="Grill et al., NeurIPS 2020",
-                 published="online linear ≈ 92.6 (solo-learn, ResNet-18, 1000 ep); kNN 91.0 (lightly, 800 ep)")
+                 published="online linear ≈ 92.6 (solo-learn, ResNet-18, 1000 ep); kNN 91.0 (lightly, 800 ep)",
+                 kind="non-contrastive")
 class BYOL(BaseMethod):
     """Online network (backbone, projector, predictor) predicts the target
     network's projection of the other view; the target is an EMA of the

@@ -62,7 +62,7 @@ class ColorizationConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
 
 
-@register_method("colorization", ColorizationConfig, paper="Zhang et al., ECCV 2016", published="no CIFAR-10 figure")
+@register_method("colorization", ColorizationConfig, paper="Zhang et al., ECCV 2016", published="no CIFAR-10 figure", kind="generative pretext task")
 class Colorization(BaseMethod):
     """The backbone on the lightness of an image, to its last stage (the whole encoder the evaluation
     stages use is trained), then a small decoder to Q ab-bin logits per pixel at a quarter of the input

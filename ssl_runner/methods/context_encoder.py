@@ -68,7 +68,7 @@ class ContextEncoderConfig:
 
 
 @register_method("context_encoder", ContextEncoderConfig, paper="Pathak et al., CVPR 2016",
-                 published="no CIFAR-10 figure")
+                 published="no CIFAR-10 figure", kind="generative pretext task")
 class ContextEncoder(TrainsDiscriminator, BaseMethod):
     """The backbone (up to its last stage) is the encoder; the channel-wise
     fully-connected layer and an upsampling decoder paint the image from its

@@ -69,7 +69,7 @@ def counting_inputs(images: Tensor, down_mode: str = "bilinear", up_mode: str = 
 
 
 @register_method("counting", CountingConfig, paper="Noroozi et al., ICCV 2017",
-                 published="no CIFAR-10 figure")
+                 published="no CIFAR-10 figure", kind="pretext task")
 class Counting(BaseMethod):
     """phi = the backbone, then a map to non-negative "counts" of visual
     primitives. The counts of a whole image must equal the sum of the counts

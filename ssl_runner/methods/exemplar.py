@@ -68,7 +68,8 @@ def choose_exemplars(num_images: int, num_exemplars: int, seed: int) -> Tensor:
 
 
 @register_method("exemplar", ExemplarConfig, paper="Dosovitskiy et al., NIPS 2014",
-                 published="CIFAR-10 84.3 (surrogate classes from STL-10 patches; SVM on pooled conv features)")
+                 published="CIFAR-10 84.3 (surrogate classes from STL-10 patches; SVM on pooled conv features)",
+                 kind="instance classification")
 class Exemplar(BaseMethod):
     """A softmax over N surrogate classes, one per seed image, on the
     backbone's features of randomly transformed seeds (Sec. 3). Pretraining

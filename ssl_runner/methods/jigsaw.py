@@ -44,7 +44,7 @@ class JigsawConfig:
 
 
 @register_method("jigsaw", JigsawConfig, paper="Noroozi & Favaro, ECCV 2016",
-                 published="no CIFAR-10 figure; ImageNet ResNet-50 linear about 48 (VISSL)")
+                 published="no CIFAR-10 figure; ImageNet ResNet-50 linear about 48 (VISSL)", kind="pretext task")
 class Jigsaw(BaseMethod):
     """Nine weight-sharing towers (the backbone on each tile), their features
     concatenated in slot order, an MLP classifies which permutation of the

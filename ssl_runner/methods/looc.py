@@ -49,7 +49,8 @@ def _space_heads(cfg_method: Any, feature_dim: int) -> SpaceHeads:
 
 
 @register_method("looc", LooCConfig, paper="Xiao et al., ICLR 2021",
-                 published="no CIFAR-10 figure; ImageNet-100 rotation probe MoCo 61.1 vs LooC 65.2")
+                 published="no CIFAR-10 figure; ImageNet-100 rotation probe MoCo 61.1 vs LooC 65.2",
+                 kind="momentum contrastive")
 class LooC(BaseMethod):
     """One query q and keys k0..kn per image (LeaveOneOutViews); a shared
     backbone (V), n + 1 heads (Z0..Zn) for query and momentum key encoder

@@ -38,7 +38,8 @@ class MoCoConfig:
 
 
 @register_method("mocov2", MoCoConfig, paper="Chen et al., arXiv 2020",
-                 published="kNN 89.7, linear 90.7 (official CIFAR demo, ResNet-18, 800 ep)")
+                 published="kNN 89.7, linear 90.7 (official CIFAR demo, ResNet-18, 800 ep)",
+                 kind="momentum contrastive")
 class MoCo(BaseMethod):
     """Query encoder (backbone + head), momentum key encoder, a queue of keys,
     InfoNCE with the positive at index 0."""
@@ -88,5 +89,6 @@ class MoCoV1Config(MoCoConfig):
 
 
 register_method("mocov1", MoCoV1Config, paper="He et al., CVPR 2020",
-                published="ImageNet ResNet-50 linear 60.6 (no CIFAR-10 figure in the paper)")(type(
+                published="ImageNet ResNet-50 linear 60.6 (no CIFAR-10 figure in the paper)",
+                kind="momentum contrastive")(type(
     "MoCoV1", (MoCo,), {"__doc__": "MoCo v1: a linear head, tau 0.07."}))

@@ -32,7 +32,8 @@ class NPIDConfig:
     bank_momentum: float = 0.5
 
 
-@register_method("npid", NPIDConfig, paper="Wu et al., CVPR 2018", published="kNN 80.8 (ResNet-18)")
+@register_method("npid", NPIDConfig, paper="Wu et al., CVPR 2018", published="kNN 80.8 (ResNet-18)",
+                 kind="memory bank")
 class NPID(BaseMethod):
     """Each image is its own class: a linear map to 128-d, L2-normalised,
     scored against a memory bank of every image's last feature with a

@@ -49,7 +49,7 @@ class PIRLConfig:
 
 
 @register_method("pirl", PIRLConfig, paper="Misra & van der Maaten, CVPR 2020",
-                 published="no CIFAR-10 figure; ImageNet ResNet-50 linear 63.6")
+                 published="no CIFAR-10 figure; ImageNet ResNet-50 linear 63.6", kind="memory bank")
 class PIRL(BaseMethod):
     """Image branch f(v_I): the backbone and a linear map to 128-d. Jigsaw
     branch g(v_It): the backbone on each of the nine tiles, a linear map of

@@ -36,7 +36,7 @@ class RelativeLocConfig:
 
 
 @register_method("relative_loc", RelativeLocConfig, paper="Doersch et al., ICCV 2015",
-                 published="no CIFAR-10 figure (ImageNet, AlexNet-style towers)")
+                 published="no CIFAR-10 figure (ImageNet, AlexNet-style towers)", kind="pretext task")
 class RelativeLoc(BaseMethod):
     """Siamese towers (the backbone on the centre patch and on one of its 8
     neighbours), their features concatenated, an MLP classifies where the

@@ -34,7 +34,8 @@ def four_rotations(images: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @register_method("rotnet", RotNetConfig, paper="Gidaris et al., ICLR 2018",
-                 published="NIN block 2 + non-linear classifier 89.06; random init + conv 72.50")
+                 published="NIN block 2 + non-linear classifier 89.06; random init + conv 72.50",
+                 kind="pretext task")
 class RotNet(BaseMethod):
     """The backbone followed by a linear 4-way classifier, trained to tell
     which rotation an image went through. Every batch holds all four

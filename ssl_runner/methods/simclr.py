@@ -25,7 +25,7 @@ class SimCLRConfig:
 
 
 @register_method("simclr", SimCLRConfig, paper="Chen et al., ICML 2020",
-                 published="linear 91.1 (ResNet-18, 800 ep)")
+                 published="linear 91.1 (ResNet-18, 800 ep)", kind="contrastive")
 class SimCLR(BaseMethod):
     """Two views per image, encoder f, MLP head g to 128-d, NT-Xent (Sec. 2.1).
 

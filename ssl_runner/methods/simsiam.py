@@ -33,7 +33,7 @@ class SimSiamConfig:
 
 
 @register_method("simsiam", SimSiamConfig, paper="Chen & He, CVPR 2021",
-                 published="linear 91.8 (ResNet-18, 800 ep)")
+                 published="linear 91.8 (ResNet-18, 800 ep)", kind="non-contrastive")
 class SimSiam(BaseMethod):
     """Two views, a shared encoder + projector, a predictor on one side, and
     the symmetrised negative cosine against the stop-gradient of the other

@@ -8,7 +8,7 @@ loop each step (augmentation, fine-tuning, a feature map)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import lightning as L
 import torch
@@ -24,16 +24,30 @@ from ssl_runner.eval.nonlinear import FeatureMap, NonLinearHead
 from ssl_runner.methods import METHODS, BaseMethod
 from ssl_runner.models.backbones import TruncatedBackbone
 from ssl_runner.models.global_batchnorm import convert_batchnorm
+from ssl_runner.plots import CLASSIFIER_PANELS, curves_figure, plots_enabled, save_figure
 from ssl_runner.stages.context import RunContext, fit_stage
 from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, TRAIN_SPLIT, Stage, register_stage
 
-CLASSIFIER_FILES = ("checkpoints/last.ckpt", "metrics.csv")
+CLASSIFIER_FILES = ("checkpoints/last.ckpt", "metrics.csv", "curves.png")
+
+
+def classifier_curves(ctx: RunContext, stage: str, epochs: int, encoder_method: Optional[str]) -> Dict[str, Any]:
+    """{"plots": ["<stage>/curves.png"]}: the classifier's loss and accuracy
+    by epoch, from its metrics.csv (empty when pictures are off or fail)."""
+    if not plots_enabled(ctx.cfg):
+        return {}
+    encoder = ("a random-init" if stage.endswith("_random_init") else f"the {encoder_method or 'pretrained'}")
+    title = f"{stage}: {epochs} epochs on {encoder} encoder ({ctx.cfg.backbone.name})"
+    plots = save_figure(ctx.run_dir, f"{stage}/curves.png", lambda: curves_figure(
+        ctx.run_dir / stage / "metrics.csv", CLASSIFIER_PANELS, title))
+    return {"plots": plots} if plots else {}
 
 
 def linear_on_features(ctx: RunContext, stage: str, stage_cfg: Any, f: Dict[str, torch.Tensor],
-                       num_classes: int) -> Dict[str, Any]:
+                       num_classes: int, encoder_method: Optional[str] = None) -> Dict[str, Any]:
     """A linear classifier trained on cached features `f` (train / test, with
-    labels), scored on the test features from its last epoch."""
+    labels), scored on the test features from its last epoch; `encoder_method`
+    names the features' encoder in its curves' title."""
     module = Classifier(f["train"].shape[1], num_classes, stage_cfg)
     # Every rank trains on all the cached features, in the same order, drawn
     # from (seed, epoch) (Lightning sets the sampler's epoch, also on resume),
@@ -43,7 +57,8 @@ def linear_on_features(ctx: RunContext, stage: str, stage_cfg: Any, f: Dict[str,
     test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(len(f["test"]))), batch_size=1024)
     trainer, metrics = fit_stage(ctx, stage, module, stage_cfg.epochs, train, test=test,
                                  use_distributed_sampler=False)
-    return {**classifier_result(trainer, metrics, stage, stage_cfg), "features": "cached, unaugmented"}
+    return {**classifier_result(trainer, metrics, stage, stage_cfg), "features": "cached, unaugmented",
+            **classifier_curves(ctx, stage, stage_cfg.epochs, encoder_method)}
 
 
 def classifier_result(trainer: L.Trainer, metrics: Dict[str, float], stage: str, stage_cfg: Any) -> Dict[str, Any]:
@@ -81,15 +96,15 @@ def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[
     enc = ctx.encoder()
     d = cfg.data
     if not (stage_cfg.augment or train_encoder):
-        return {**linear_on_features(ctx, stage, stage_cfg, ctx.features(enc.backbone), ctx.num_classes),
-                "encoder_checkpoint": enc.path}
+        return {**linear_on_features(ctx, stage, stage_cfg, ctx.features(enc.backbone), ctx.num_classes,
+                                     enc.method), "encoder_checkpoint": enc.path}
     if train_encoder and cfg.trainer.sync_batchnorm:
         convert_batchnorm(enc.backbone, ctx.device.type)
     module = Classifier(enc.backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=enc.backbone,
                         train_encoder=train_encoder, recipe=eval_recipe(ctx), mean=list(d.mean), std=list(d.std))
     trainer, metrics = fit_on_images(ctx, stage, stage_cfg, module)
     return {**classifier_result(trainer, metrics, stage, stage_cfg), "features": "augmented images",
-            "encoder_checkpoint": enc.path}
+            "encoder_checkpoint": enc.path, **classifier_curves(ctx, stage, stage_cfg.epochs, enc.method)}
 
 
 def linear(ctx: RunContext) -> Dict[str, Any]:
@@ -123,12 +138,13 @@ def linear_concat(ctx: RunContext) -> Dict[str, Any]:
             "evaluate a method=looc encoder."
         )
     return {**linear_on_features(ctx, "linear_concat", ctx.cfg.eval.linear, ctx.features(features),
-                                 ctx.num_classes),
+                                 ctx.num_classes, enc.method),
             "feature_dim": features.heads.hidden_dim,
             "encoder_checkpoint": enc.path}
 
 
-def _nonlinear(ctx: RunContext, stage: str, backbone: torch.nn.Module) -> Dict[str, Any]:
+def _nonlinear(ctx: RunContext, stage: str, backbone: torch.nn.Module,
+               encoder_method: Optional[str] = None) -> Dict[str, Any]:
     """RotNet's non-linear classifier (eval/nonlinear.py) on the frozen feature
     map of `backbone` (at eval.feature_layer), trained on the training images
     (crop + flip with eval.nonlinear.augment) and scored on the test split
@@ -144,12 +160,13 @@ def _nonlinear(ctx: RunContext, stage: str, backbone: torch.nn.Module) -> Dict[s
     images = "augmented" if stage_cfg.augment else "unaugmented"
     return {**classifier_result(trainer, metrics, stage, stage_cfg),
             "features": f"{layer} map {channels}x{height}x{width} ({images} images)",
-            "hidden_dim": stage_cfg.hidden_dim, "pool": stage_cfg.pool}
+            "hidden_dim": stage_cfg.hidden_dim, "pool": stage_cfg.pool,
+            **classifier_curves(ctx, stage, stage_cfg.epochs, encoder_method)}
 
 
 def nonlinear(ctx: RunContext) -> Dict[str, Any]:
     enc = ctx.encoder()
-    return {**_nonlinear(ctx, "nonlinear", enc.backbone), "encoder_checkpoint": enc.path}
+    return {**_nonlinear(ctx, "nonlinear", enc.backbone, enc.method), "encoder_checkpoint": enc.path}
 
 
 def nonlinear_random_init(ctx: RunContext) -> Dict[str, Any]:

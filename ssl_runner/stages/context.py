@@ -23,7 +23,8 @@ from ssl_runner.errors import UserError
 from ssl_runner.eval.features import extract_features
 from ssl_runner.models.backbones import build_backbone
 from ssl_runner.run_dir import Manifest
-from ssl_runner.training import build_trainer, checkpoint_epoch, epoch_record, finish_loggers, resume_path
+from ssl_runner.checkpoints import read_position, resume_path
+from ssl_runner.training import build_trainer, epoch_record, finish_loggers
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,17 @@ def fit_stage(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs
     trainer = build_trainer(ctx.cfg, ctx.run_dir, stage, max_epochs,
                             callbacks=[*(callbacks or []), *ctx.callbacks], **trainer_overrides)
     ckpt = resume_path(ctx.run_dir, stage)
+    position = read_position(ckpt) if ckpt else None
     if isinstance(train.sampler, EpochShuffle):
-        # The attempt's first epoch: Lightning makes its iterator before setting the sampler's epoch.
-        train.sampler.set_epoch(0 if ckpt is None else checkpoint_epoch(ckpt) + 1)
+        # The attempt's first epoch (Lightning makes its iterator before setting the
+        # sampler's epoch) and, from a mid-epoch checkpoint, the samples already done.
+        if position is None or position.epoch_finished:
+            train.sampler.set_epoch(0 if position is None else position.next_epoch)
+        else:
+            train.sampler.resume_within_epoch(position.epoch, position.batches_done * train.batch_size)
     if ckpt:
-        log.info("%s: resuming from %s", stage, ckpt)
+        assert position is not None
+        log.info("%s: resuming from %s (saved at %s)", stage, ckpt, position.describe(len(train)))
         ctx.manifest.data["stages"][stage]["resumed_from"] = str(Path(ckpt).relative_to(ctx.run_dir))
         ctx.manifest.save()
     try:

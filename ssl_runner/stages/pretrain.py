@@ -14,6 +14,7 @@ from ssl_runner.distributed.batch import batch_sizes
 from ssl_runner.methods import METHODS, build_method
 from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
 from ssl_runner.monitors import pretrain_callbacks, seconds_to_first_step
+from ssl_runner.plots import PRETRAIN_PANELS, VIEW_IMAGES, curves_figure, plots_enabled, save_figure, views_figure
 from ssl_runner.stages.context import RunContext, fit_stage
 from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, TRAIN_SPLIT, Stage, register_stage
 from ssl_runner.training import epoch_record
@@ -61,6 +62,13 @@ def pretrain(ctx: RunContext) -> Dict[str, Any]:
         method.export_encoder(encoder)
         artifacts = method.save_artifacts(ctx.run_dir / "pretrain",
                                           spread_images(ctx.test_images, ARTIFACT_IMAGES, cfg.data.image_size))
+    plots: List[str] = []
+    if plots_enabled(cfg):
+        title = f"pretrain: {cfg.method.name} on {cfg.backbone.name}, {trainer.current_epoch} epochs"
+        plots += save_figure(ctx.run_dir, "pretrain/curves.png", lambda: curves_figure(
+            ctx.run_dir / "pretrain" / "metrics.csv", PRETRAIN_PANELS, title))
+        shown = spread_images(images, VIEW_IMAGES, images.fixed_size or cfg.data.image_size)
+        plots += save_figure(ctx.run_dir, "pretrain/views.png", lambda: views_figure(method, shown, cfg.seed))
     collectives.barrier()  # the next stage loads it on every rank
     result = {
         "epochs": trainer.current_epoch,
@@ -79,6 +87,8 @@ def pretrain(ctx: RunContext) -> Dict[str, Any]:
     }
     if artifacts:
         result["artifacts"] = [f"pretrain/{name}" for name in artifacts]
+    if plots:
+        result["plots"] = plots
     if subset is not None:
         result.update(pretrain_images=len(images), samples_per_epoch=len(train.dataset))
     return {k: v for k, v in result.items() if v is not None}
@@ -86,5 +96,6 @@ def pretrain(ctx: RunContext) -> Dict[str, Any]:
 
 # Reads the test split too: the kNN monitor and the image grids.
 register_stage(Stage("pretrain", pretrain, reads=(TRAIN_SPLIT, TEST_SPLIT),
-                     writes=("checkpoints/last.ckpt", "metrics.csv", "encoder.pt", "<method's image grids>.png"),
+                     writes=("checkpoints/last.ckpt", "metrics.csv", "encoder.pt", "<method's image grids>.png",
+                             "curves.png", "views.png"),
                      provides=(ENCODER,)))

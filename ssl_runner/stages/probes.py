@@ -48,7 +48,7 @@ def _probe(ctx: RunContext, stage: str, enc: LoadedEncoder, transforms: List[Tra
             features.append(f)
         parts[split] = torch.cat(features)
         parts[f"{split}_labels"] = torch.arange(len(transforms)).repeat_interleave(len(images))
-    result = linear_on_features(ctx, stage, probe, parts, len(transforms))
+    result = linear_on_features(ctx, stage, probe, parts, len(transforms), encoder_method=enc.method)
     return {**result, "chance": round(100 / len(transforms), 2), "train_images": len(parts["train"]) // len(transforms),
             "test_images": len(parts["test"]) // len(transforms), "encoder_checkpoint": enc.path}
 

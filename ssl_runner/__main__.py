@@ -13,7 +13,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import hydra
 from hydra.errors import HydraException
@@ -44,6 +44,19 @@ def config_groups() -> str:
 # --help's text, built from the facts it describes (conf/config.yaml's hydra.help.template).
 OmegaConf.register_new_resolver("ssl_runner_config_groups", config_groups)
 OmegaConf.register_new_resolver("ssl_runner_help", lambda: cli_help.help_overview(Path(config_dir())))
+
+
+def register_optuna_sweeper() -> None:
+    """`hydra/sweeper=optuna`: our sweeper (hydra_plugins/ssl_runner_optuna),
+    registered by hand: Hydra's own scan of `hydra_plugins` does not see the
+    folders of an editable install (setuptools' import hook lists no modules)."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.ssl_runner_optuna.optuna_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
+
+
+register_optuna_sweeper()
 
 
 # Lightning's advice that does not apply: in-memory data needs no workers, and
@@ -77,15 +90,17 @@ def quiet_lightning() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def _hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
+def _hydra_main(cfg: DictConfig) -> Optional[float]:
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    from ssl_runner.job import run_job
+    from ssl_runner.job import objective_value, run_job
     from ssl_runner.runtime import start_job
 
     start_job()
     quiet_lightning()
-    return run_job(cfg)
+    # The sweeper's number (Optuna's objective): the config's objective.key in
+    # summary.json, None for a failed job (ssl_runner/sweeps/objective.py).
+    return objective_value(run_job(cfg))
 
 
 def hydra_error_paragraph(err: HydraException) -> str:
@@ -96,11 +111,28 @@ def hydra_error_paragraph(err: HydraException) -> str:
 
     text = str(err)
     key = re.search(r"Could not override '([^']+)'", text)
+    if key and key.group(1).startswith("hydra.sweeper."):
+        return UserError(sweeper_key_message(key.group(1))).paragraph()
     if key and ("not in struct" in f"{text} {err.__cause__}" or "No match in the defaults list" in text):
         message = unknown_key_message(key.group(1), RunConfig)
     else:
         message = " ".join(text.replace("\n\t", ", ").split())
     return UserError(message).paragraph()
+
+
+def sweeper_key_message(key: str) -> str:
+    """A misspelt setting of the Optuna sweeper, with the closest one (Hydra
+    would advise `+key`, which adds the typo)."""
+    import difflib
+
+    from hydra_plugins.ssl_runner_optuna.optuna_sweeper import OptunaSettings
+
+    name = key.removeprefix("hydra.sweeper.")
+    known = list(OptunaSettings.__dataclass_fields__)
+    close = difflib.get_close_matches(name.split(".")[0], known, n=1)
+    return (f"'{key}' is not a setting of the sweeper" + (f"; did you mean hydra.sweeper.{close[0]}?" if close else ".")
+            + f" The Optuna sweeper's settings (hydra/sweeper=optuna): {', '.join(known)}; the grid sweeper's: "
+            "params, max_batch_size.")
 
 
 # The preset a machine without a GPU runs when the command names none.
@@ -140,6 +172,9 @@ def main() -> None:
     except HydraException as err:
         print(hydra_error_paragraph(err), file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except UserError as err:  # a sweeper's own settings (hydra_plugins/ssl_runner_optuna)
+        print(err.paragraph(), file=sys.stderr)
+        sys.exit(err.exit_code)
     except Exception as err:
         disk = write_failure(err)
         if disk is None:

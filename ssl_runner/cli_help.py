@@ -40,6 +40,8 @@ EXAMPLES: Tuple[Tuple[str, str], ...] = (
     ("python -m ssl_runner method=byol experiment=smoke", "a preset (Presets below)"),
     ("python -m ssl_runner experiment=simclr_cifar10", "a paper's recipe, for a GPU"),
     ("python -m ssl_runner -m method=simclr,byol experiment=smoke", "a sweep: one job per value, results.md"),
+    ("python -m ssl_runner -m hparams_search=simclr_optuna experiment=smoke",
+     "an Optuna search in SQLite; rerun to resume (pip install -e '.[sweeps]')"),
     ("python -m ssl_runner pipeline=eval checkpoint=outputs/.../pretrain/encoder.pt",
      "evaluate an existing encoder"),
     ("python -m ssl_runner method=simclr hydra.run.dir=outputs/<date>/<time>_simclr",
@@ -103,20 +105,22 @@ def preset_summary(path: Path) -> Optional[Tuple[str, str]]:
     return None
 
 
-def presets(conf_root: Path) -> Dict[str, Optional[Tuple[str, str]]]:
-    """Every preset (conf/experiment/*.yaml; the per-method adjustment folders
-    are not presets) with its summary."""
-    return {path.stem: preset_summary(path) for path in sorted((conf_root / "experiment").glob("*.yaml"))}
+def presets(conf_root: Path, group: str = "experiment") -> Dict[str, Optional[Tuple[str, str]]]:
+    """Every preset of `group` (conf/<group>/*.yaml; the per-method adjustment
+    folders are not presets) with its summary."""
+    return {path.stem: preset_summary(path) for path in sorted((conf_root / group).glob("*.yaml"))}
 
 
-def preset_lines(conf_root: Path) -> List[str]:
-    found = presets(conf_root)
+def preset_lines(conf_root: Path, group: str = "experiment") -> List[str]:
+    found = presets(conf_root, group)
     width = max(map(len, found))
     lines = []
     for name, summary in found.items():
         text = (f"{summary[0]}. Cost: {summary[1]}." if summary else
-                f"(no summary: give conf/experiment/{name}.yaml a first comment line '# <description>; <cost>')")
+                f"(no summary: give conf/{group}/{name}.yaml a first comment line '# <description>; <cost>')")
         lines += _wrapped(name, text, width)
+    if group != "experiment":
+        return lines
     adjusted = sorted(d for d in (conf_root / "experiment").iterdir() if d.is_dir() and any(d.glob("*.yaml")))
     if adjusted:
         listed = ", ".join(f"{d.name} ({', '.join(sorted(f.stem for f in d.glob('*.yaml')))})" for d in adjusted)
@@ -170,6 +174,7 @@ def help_overview(conf_root: Path) -> str:
         _section("Examples", example_lines()),
         _section("Methods (method=NAME: paper - kind)", method_lines()),
         _section("Presets (experiment=NAME)", preset_lines(conf_root)),
+        _section("Searches (-m hparams_search=NAME; docs/sweeps.md)", preset_lines(conf_root, "hparams_search")),
         "\n".join(stage_lines()),
     ])
     return template_safe(text + "\n")

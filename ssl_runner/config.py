@@ -73,6 +73,13 @@ class ViewsConfig:
     # Rotation by 90/180/270 degrees with this probability (LooC's rotation
     # augmentation; 0 in SimCLR's family).
     rotation_p: float = 0.0
+    # SimCLR's augmentation-composition study (Sec. 3, Fig. 5): set, the views
+    # are `first` then `second` (names in views.study_augmentations.
+    # COMPOSITION_TRANSFORMS; second null or equal to first: first alone),
+    # each always applied, instead of the family above (whose crop, flip,
+    # jitter, grayscale and blur settings they use). null: the family.
+    first: Optional[str] = None
+    second: Optional[str] = None
 
 
 @dataclass
@@ -185,6 +192,16 @@ class MonitorConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    # The summary.json value a job returns to a sweeper (ssl_runner/sweeps/objective.py):
+    # a dotted key (stages.knn.top1, stages.pretrain.loss, baseline.knn_random_init.top1)
+    # or "auto", the top-1 of the last evaluation stage.
+    key: str = "auto"
+    # maximize | minimize (a loss).
+    direction: str = "maximize"
+
+
+@dataclass
 class RunConfig:
     method: Any = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -197,6 +214,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seed: int = 0
     # An encoder to evaluate instead of pretraining one (pipeline=eval).
     checkpoint: Optional[str] = None
@@ -221,6 +239,7 @@ __all__ = [
     "PipelineConfig",
     "EvalConfig",
     "MonitorConfig",
+    "ObjectiveConfig",
     "ClassifierStageConfig",
     "ProbeConfig",
     "NonLinearStageConfig",

@@ -6,7 +6,7 @@ A single run exits non-zero on failure: 2 for bad input or an unwritable
 folder, 3 when a rank or collective failed, 4 when training diverged. In a
 multirun, a job's failure is recorded in its `summary.json` (status, error,
 exit status) and the sweep goes on; the sweep's results table lists it, and
-the sweep exits non-zero at the end (report.SweepResultsTable).
+the sweep exits non-zero at the end (sweeps/results.SweepResultsTable).
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def _failure(err: BaseException, multirun: bool, run_dir: Path) -> Optional[Fail
     """The Failure that `err` stands for, or None for an error to re-raise (a
     bug in a single run gets its traceback)."""
     if isinstance(err, RunStopped):  # said once, by rank 0
-        message = f"{err}. Resume with: {resume_command(run_dir)}" if collectives.is_main_process() else ""
+        again = (" (an Optuna search resumes, this job included, when its command is rerun; this job alone "
+                 "resumes with: " if multirun else ". Resume with: ") + resume_command(run_dir) + (")" if multirun else "")
+        message = f"{err}{again}" if collectives.is_main_process() else ""
         return Failure(err.exit_code, err.status, message)
     if isinstance(err, _WorkerFailed):
         return Failure(EXIT_COLLECTIVE_FAILURE, "failed", str(err))
@@ -138,11 +140,13 @@ def _record_failed_job(cfg: DictConfig, run_dir: Path, failure: Failure) -> None
 
 def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """Run one job in Hydra's run folder; returns its summary (None after a
-    failure in a multirun, where the sweep goes on)."""
+    failure in a multirun, where the sweep goes on: `objective_value` turns
+    it into what the sweeper receives)."""
     from ssl_runner.validation import validate
     from ssl_runner.methods import METHODS
-    from ssl_runner.stages import stage_names
-    from ssl_runner.pipeline import run_pipeline
+    from ssl_runner.stages import random_init_names, stage_names
+    from ssl_runner.pipeline import planned_stages, run_pipeline
+    from ssl_runner.sweeps.objective import check_objective
     from ssl_runner.runtime import keep_freed_memory
 
     hydra = HydraConfig.get()
@@ -160,6 +164,7 @@ def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
             lock = None
             raise
         typed = validate(cfg, METHODS, stage_names())
+        check_objective(typed.objective.key, typed.objective.direction, planned_stages(typed), random_init_names())
         if typed.trainer.keep_freed_memory:
             keep_freed_memory()
         launch.check_plan(typed)
@@ -205,4 +210,14 @@ def run_job(cfg: DictConfig) -> Optional[Dict[str, Any]]:
         results = {name: stage.get("top1", stage.get("loss")) for name, stage in summary["stages"].items()
                    if "top1" in stage or "loss" in stage}
         log.info("done: %s; run folder %s", results, run_dir)
+        objective = summary.get("objective", {})
+        if objective.get("value") is None:
+            log.error("the objective %s has no value in %s: a sweeper records this job as failed",
+                      objective.get("key"), run_dir / SUMMARY)
     return summary
+
+
+def objective_value(summary: Optional[Dict[str, Any]]) -> Optional[float]:
+    """What the job returns to Hydra's sweeper: the objective's value (None
+    for a failed job, or one whose summary lacks it: a failed trial)."""
+    return None if summary is None else summary.get("objective", {}).get("value")

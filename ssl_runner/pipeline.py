@@ -31,9 +31,12 @@ from ssl_runner.runtime import job_age
 from ssl_runner.safe_io import write_json, write_text
 from ssl_runner.stages import STAGES, random_init_names
 from ssl_runner.stages.context import RunContext
-from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, TRAIN_SPLIT
+from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, TRAIN_SPLIT, evaluation_stages
 from ssl_runner.checkpoints import prepare_stage_folder
 from ssl_runner.stopping import raise_if_stop_requested
+from ssl_runner.wandb_logging import log_pipeline_summary
+from ssl_runner.sweeps.job_info import sweep_job, task_overrides
+from ssl_runner.sweeps.objective import objective_record, resolve_key
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,10 @@ def run_facts(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "processes": collectives.world_size(),
         "nodes": cfg.trainer.num_nodes,
         "hardware": hardware_description(cfg.trainer.accelerator),
+        # The command line's overrides (a sweep's table has a column per swept key)
+        # and, in a multirun, the sweep this job belongs to.
+        "overrides": task_overrides(),
+        **({"sweep": job.as_dict()} if (job := sweep_job()) is not None else {}),
     }
 
 
@@ -139,11 +146,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     image_counts(ctx, stages, facts)
     announce(cfg, facts, stages, run_dir, resume_command)
     build_summary = partial(summarise, stages=stages, baselines=random_init_names())
+    objective_key = resolve_key(cfg.objective.key, evaluation_stages(stages))
 
     def write_summary() -> Dict[str, Any]:
         # Wall clock of this job so far, start-up included (a resumed run counts
         # its last attempt only; a multirun job from its own start).
         summary = relative_paths({**build_summary(manifest, facts), "wall_seconds": round(job_age(), 1)}, run_dir)
+        summary["objective"] = objective_record(summary, objective_key, cfg.objective.direction)
         if main:
             write_json(run_dir / SUMMARY, summary)
         return summary
@@ -174,4 +183,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         manifest.finish(stage, result)
         log.info("%s: done %s", stage, {k: v for k, v in result.items() if k in ("top1", "loss", "epochs")})
         write_summary()
-    return write_summary()
+    summary = write_summary()
+    if main and cfg.logger.name == "wandb":
+        # The pipeline's W&B summary run: its figures, encoder and pictures in one place.
+        log_pipeline_summary(cfg, run_dir, summary, manifest)
+    return summary

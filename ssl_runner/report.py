@@ -8,14 +8,10 @@ last-epoch test accuracies.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-
-from ssl_runner.safe_io import write_text
+from omegaconf import OmegaConf
 
 COLUMNS = ("method", "backbone", "image px", "features", "train images", "epochs", "batch", "hardware", "seed",
            "pretrain min", "kNN top-1", "random-init kNN", "kNN gain", "linear top-1", "run")
@@ -28,7 +24,7 @@ def find_summaries(paths: Iterable[Path]) -> List[Path]:
     return found
 
 
-def _fmt(value: Any) -> str:
+def format_cell(value: Any) -> str:
     if value is None:
         return "–"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
@@ -94,7 +90,7 @@ OPTIONAL_COLUMNS = {
 }
 
 
-def _optional(summary: Dict[str, Any], column: str) -> Any:
+def optional_figure(summary: Dict[str, Any], column: str) -> Any:
     section, stage = OPTIONAL_COLUMNS[column]
     return summary.get(section, {}).get(stage, {}).get("top1")
 
@@ -114,42 +110,18 @@ def markdown_table(summaries: Iterable[Path]) -> str:
     """One row per run; a "status" column (with the reason) when any run
     failed or diverged."""
     loaded = [load_summary(p) for p in summaries]
-    extra = [c for c in OPTIONAL_COLUMNS if any(_optional(s, c) is not None for s in loaded)]
+    extra = [c for c in OPTIONAL_COLUMNS if any(optional_figure(s, c) is not None for s in loaded)]
     failed = any(run_outcome(s) != "done" for s in loaded)
     columns = [*COLUMNS[:-1], *extra, *(["status"] if failed else []), COLUMNS[-1]]
     rows = []
     for summary in loaded:
         row = summary_row(summary)
-        row.update({c: _optional(summary, c) for c in extra})
+        row.update({c: optional_figure(summary, c) for c in extra})
         row["status"] = run_outcome(summary).replace("|", "/")
         rows.append(row)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
-
-
-class SweepResultsTable(Callback):
-    """Hydra callback (conf/config.yaml): after a multirun, `results.md` in the
-    sweep folder tabulates every job's summary, failed ones with their
-    reason, and the table is printed. If any job failed, the sweep then exits
-    with the first failed job's exit status (job.py)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        summaries = find_summaries([sweep_dir])
-        if not summaries:
-            return
-        table = markdown_table(summaries)
-        write_text(sweep_dir / "results.md",
-                   "Generated from the summary.json of each run below this folder (last-epoch test top-1, %).\n\n"
-                   + table + "\n")
-        print(f"\n{table}\n\n(written to {sweep_dir / 'results.md'})")
-        failed = [s for s in map(load_summary, summaries) if run_outcome(s) != "done"]
-        if failed:
-            print(f"error: {len(failed)} of {len(summaries)} jobs did not finish: "
-                  + "; ".join(f"{run_name(s)} {run_outcome(s)}" for s in failed),
-                  file=sys.stderr)
-            sys.exit(int(failed[0].get("exit_code", 1)))
 
 
 METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "linear gain", "minutes",
@@ -173,9 +145,10 @@ def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
     for name, meta in info.items():
         row = summary_row(runs[name]) if name in runs else {}
         wall = runs.get(name, {}).get("wall_seconds")
-        linear, random_linear = row.get("linear top-1"), _optional(runs.get(name, {}), "random-init linear")
+        linear, random_linear = row.get("linear top-1"), optional_figure(runs.get(name, {}), "random-init linear")
         linear_gain = None if linear is None or random_linear is None else round(linear - random_linear, 2)
-        cells = [f"`{name}`", meta.paper, _fmt(row.get("kNN top-1")), _fmt(row.get("kNN gain")), _fmt(linear),
-                 _fmt(linear_gain), _fmt(None if wall is None else round(wall / 60, 1)), meta.published]
+        figures = [row.get("kNN top-1"), row.get("kNN gain"), linear, linear_gain,
+                   None if wall is None else round(wall / 60, 1)]
+        cells = [f"`{name}`", meta.paper, *map(format_cell, figures), meta.published]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

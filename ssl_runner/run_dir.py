@@ -27,7 +27,9 @@ SUMMARY = "summary.json"
 # the finished stages computed.
 RESUMABLE_CHANGES = ("pipeline", "logger", "trainer.progress", "data.num_workers", "data.root", "data.decode_cache",
                      "data.cache_dir", "trainer.keep_freed_memory", "trainer.collective_timeout_s",
-                     "trainer.progress_every_steps", "trainer.progress_every_seconds", "trainer.checkpoint_every_minutes")
+                     "trainer.progress_every_steps", "trainer.progress_every_seconds", "trainer.checkpoint_every_minutes",
+                     # what a sweeper is told changes no figure
+                     "objective")
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:

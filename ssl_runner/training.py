@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 from ssl_runner import progress
 from ssl_runner.callbacks import BatchSeeds, EpochRecord, StopOnNonFinite
 from ssl_runner.checkpoints import LAST_CHECKPOINT, AtomicCheckpointIO, read_metrics, write_metrics
-from ssl_runner.config import to_plain
 from ssl_runner.progress import PlainProgress, StageProgressBar
 from ssl_runner.stopping import StopOnSignal, TimedCheckpoint
+from ssl_runner.wandb_logging import finish_stage_runs, stage_logger
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +68,11 @@ def use_rich_progress(cfg: DictConfig) -> bool:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, stage: str, stage_dir: Path) -> List[Logger]:
-    """CSV metrics in the stage folder; with logger=wandb also one W&B run per
-    stage, grouped by the pipeline run, with the stage as job type."""
+    """CSV metrics in the stage folder; with logger=wandb also the stage's W&B
+    run (wandb_logging.py: grouped by pipeline, tagged with the sweep)."""
     loggers: List[Logger] = [ResumableCSVLogger(save_dir=str(stage_dir), name="", version="")]
     if cfg.logger.name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        group = f"{run_dir.parent.name}_{run_dir.name}"
-        kwargs: Dict[str, Any] = {}
-        if cfg.logger.mode is not None:
-            kwargs["mode"] = cfg.logger.mode
-        loggers.append(
-            WandbLogger(
-                project=cfg.logger.project,
-                entity=cfg.logger.entity,
-                group=group,
-                job_type=stage,
-                name=f"{group}-{stage}",
-                save_dir=str(run_dir),
-                tags=list(cfg.logger.tags),
-                config=to_plain(cfg),
-                **kwargs,
-            )
-        )
+        loggers.append(stage_logger(cfg, run_dir, stage))
     return loggers
 
 
@@ -108,11 +90,7 @@ def log_stage_result(cfg: DictConfig, run_dir: Path, stage: str, metrics: Dict[s
 
 def finish_loggers(loggers: Sequence[Logger]) -> None:
     """Close each stage's W&B run so that the next stage starts its own."""
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
+    finish_stage_runs(loggers)
 
 
 def build_trainer(

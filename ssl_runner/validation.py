@@ -25,6 +25,7 @@ from ssl_runner.backbone_export import check_exportable
 from ssl_runner.errors import UserError
 from ssl_runner.models.backbones import check_backbone
 from ssl_runner.optim import LR_SCALING_RULES, OPTIMIZERS, SCHEDULES
+from ssl_runner.views.study_augmentations import COMPOSITION_TRANSFORMS
 
 # Values that must be one of a fixed set, checked after the types.
 CHOICES: Dict[str, List[str]] = {
@@ -140,6 +141,7 @@ def check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
 def _check_values(cfg: DictConfig, stages: Sequence[str]) -> None:
     check_backbone(cfg)
     _check_optimisation(cfg)
+    _check_composition_views(cfg)
     for key, allowed in CHOICES.items():
         check_choice(key, OmegaConf.select(cfg, key), allowed)
     for stage in cfg.pipeline.stages:
@@ -158,6 +160,22 @@ def _check_values(cfg: DictConfig, stages: Sequence[str]) -> None:
             raise UserError(f"config key '{key}' must be a positive number of images or null.")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise UserError("data.mean and data.std need three values, one per RGB channel.")
+
+
+def _check_composition_views(cfg: DictConfig) -> None:
+    """views.first / views.second: names of the composition study's transformations, second only after first."""
+    first, second = cfg.views.first, cfg.views.second
+    for key, value in (("views.first", first), ("views.second", second)):
+        if value is not None and value not in COMPOSITION_TRANSFORMS:
+            close = difflib.get_close_matches(str(value), COMPOSITION_TRANSFORMS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"config key '{key}' is '{value}', which is not one of the augmentation-composition "
+                            f"study's transformations: {', '.join(COMPOSITION_TRANSFORMS)}.{hint} Fix the override "
+                            "or the YAML file (null: SimCLR's family of views).")
+    if first is None and second is not None:
+        raise UserError(f"config key 'views.second' is '{second}' but views.first is null; the composition study "
+                        f"applies views.first, then views.second. Set views.first={second} (with views.second="
+                        f"{second} or null for {second} alone), or views.second=null for SimCLR's family of views.")
 
 
 def _check_optimisation(cfg: DictConfig) -> None:

@@ -183,55 +183,6 @@ def test_multirun_gives_each_job_its_own_folder_and_summary(tmp_path, data_dir):
     assert sorted(row.split(" | ")[column] for row in rows) == linear
 
 
-def _wandb_log_records(path: Path):
-    """The records of a W&B transaction log (`run-*.wandb`): a 7-byte file
-    header, then LevelDB-style 32 KiB blocks of fragments, each with a 7-byte
-    header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
-    data, block = path.read_bytes(), 32768
-    assert data[:4] == b":W&B"
-    pos, pending = 7, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # too little room left for a header: padding
-            pos += block - pos % block
-            continue
-        length = int.from_bytes(data[pos + 4:pos + 6], "little")
-        kind = data[pos + 6]
-        fragment = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            break
-        pending = fragment if kind in (1, 2) else pending + fragment
-        if kind in (1, 4):
-            yield pending
-            pending = b""
-
-
-def _wandb_run_records(run_dir: Path):
-    """(group, job_type) of every offline W&B run, read from its transaction log."""
-    from wandb.proto import wandb_internal_pb2
-
-    records = []
-    for log_file in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        for data in _wandb_log_records(log_file):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(data)
-            if record.WhichOneof("record_type") == "run":
-                records.append((record.run.run_group, record.run.job_type))
-                break
-    return records
-
-
-def test_wandb_offline_leaves_one_syncable_run_per_stage(tmp_path, data_dir):
-    run_dir = tmp_path / "w"
-    proc = run_cli(["experiment=smoke", "logger=wandb", "data.subset=300", "data.test_subset=100",
-                    "data.batch_size=100", "trainer.max_epochs=1", "eval.linear.epochs=1", f"hydra.run.dir={run_dir}"],
-                   tmp_path, data_dir, extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    records = _wandb_run_records(run_dir)
-    assert sorted(job for _, job in records) == ["knn", "knn_random_init", "linear", "linear_random_init", "pretrain"]
-    assert len({group for group, _ in records}) == 1 and records[0][0].endswith("w")
-
-
 def test_help_describes_the_runner_its_methods_presets_and_groups(tmp_path, data_dir):
     import re
 

@@ -84,7 +84,10 @@ def test_a_sweep_records_bad_and_diverged_jobs_and_goes_on(tmp_path, cifar_root)
     table = (sweep / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| simclr")]
     assert len(rows) == 4 and "| status |" in table
-    assert "failed: " in rows[0] and "diverged in pretrain: " in rows[2] and "| done |" in rows[3]
+    by_run = {line.strip("| ").split(" | ")[-1]: line for line in rows}
+    assert "failed: " in by_run["0_simclr"] and "diverged in pretrain: " in by_run["2_simclr"]
+    assert "| done |" in by_run["3_simclr"]
+    assert rows[0].endswith("| 3_simclr |")  # sorted by the objective: the one job with a value first
 
 
 def test_a_second_run_in_a_busy_folder_is_refused_and_the_first_loses_nothing(tmp_path, cifar_root):

@@ -61,3 +61,11 @@ def stage_names() -> List[str]:
 
 def random_init_names() -> List[str]:
     return [s.random_init.name for s in STAGES.values() if s.random_init is not None]
+
+
+def evaluation_stages(stages: List[str]) -> List[str]:
+    """Those of `stages` that evaluate the trained encoder on the test split
+    (each reports a top-1 under `stages` in summary.json), in order; not the
+    random-init twins, which report under `baseline`."""
+    twins = set(random_init_names())
+    return [s for s in stages if s not in twins and {ENCODER, TEST_SPLIT} <= set(STAGES[s].reads)]

@@ -11,9 +11,11 @@ method it serves. Layout:
   `pixels` (uint8 -> [0, 1], normalisation, the unaugmented evaluation view);
 - augmentations with sampled parameters: `augmentation` (the base class and
   samplers), `crop` (random resized crop), `augmentations` (SimCLR's family
-  and LooC's rotation), `exemplar` (Exemplar-CNN's strong transformations);
+  and LooC's rotation), `study_augmentations` (cutout, Sobel, Gaussian noise
+  and the names of SimCLR's augmentation-composition study), `exemplar`
+  (Exemplar-CNN's strong transformations);
 - `recipe`: `ViewRecipe`, a chain of augmentations, and the one `cfg.views`
-  describes;
+  describes (SimCLR's family, or the study's composition);
 - the pretext tasks' view makers: `jigsaw` (+ `jigsaw_permutations`),
   `relative_location` (+ `chromatic_guards`), `colorization`, `masks`
   (context-encoder masks), `leave_one_out` (LooC), `pirl`.

@@ -6,7 +6,9 @@ one that `cfg.views` describes.
 A recipe's `sample` returns `ViewParams` (augmentation name -> its
 parameters), so a caller can copy one augmentation's parameters from one view
 into another (LooC's leave-one-out views). The family and its defaults follow
-SimCLR (Chen et al. 2020, Appendix A).
+SimCLR (Chen et al. 2020, Appendix A); `ViewRecipe.composition` builds the
+views of its augmentation-composition study (Sec. 3, `views.first` and
+`views.second`).
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ssl_runner.errors import UserError
 from ssl_runner.views.augmentation import Augmentation
 from ssl_runner.views.augmentations import (ColorJitter, GaussianBlur, HorizontalFlip, RandomGrayscale, Rotation90,
                                             Solarize)
 from ssl_runner.views.crop import RandomResizedCrop
 from ssl_runner.views.pixels import normalize, to_unit_float
 from ssl_runner.views.protocol import Device
+from ssl_runner.views.study_augmentations import COMPOSITION_TRANSFORMS, Cutout, GaussianNoise, Sobel
 
 ViewParams = dict[str, dict[str, Tensor]]
 
@@ -51,8 +55,13 @@ class ViewRecipe:
 
     def sample(self, n: int, height: int, width: int, device: Device = None,
                generator: torch.Generator | None = None) -> ViewParams:
-        """Parameters of every augmentation for n images of height x width."""
-        return {aug.name: aug.sample(n, height, width, device, generator) for aug in self.augmentations}
+        """Parameters of every augmentation for n images of height x width.
+        The augmentations after the crop sample for the size x size images
+        they receive (cutout's hole and the noise are in those pixels)."""
+        crop, *after_crop = self.augmentations
+        params = {crop.name: crop.sample(n, height, width, device, generator)}
+        params.update({aug.name: aug.sample(n, self.size, self.size, device, generator) for aug in after_crop})
+        return params
 
     def apply(self, images: Tensor, params: ViewParams) -> Tensor:
         """The views that `params` describe; a pure function of its arguments."""
@@ -99,12 +108,68 @@ class ViewRecipe:
             augmentations.append(Solarize(solarize_p))
         return cls(augmentations, mean, std, num_views)
 
+    @classmethod
+    def composition(cls, transforms: Sequence[str], size: int, mean: Sequence[float], std: Sequence[float],
+                    crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                    hflip_p: float = 0.5, jitter_p: float = 0.8, jitter_strength: float = 0.5,
+                    grayscale_p: float = 0.2, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                    blur_kernel_fraction: float = 0.1, num_views: int = 1) -> ViewRecipe:
+        """SimCLR's augmentation-composition study (Sec. 3, Fig. 5): one or
+        two of `COMPOSITION_TRANSFORMS`, the first then the second, each
+        always applied; the same one twice is that one alone (Fig. 5's
+        diagonal). "crop" is the random resized crop with its flip (Sec. 3.1);
+        "color" SimCLR's jitter (strength s, p `jitter_p`) and grayscale;
+        "blur" at p 1; "rotate" a quarter, half or three-quarter turn.
+
+        A recipe must open with a crop (it sets the size): without "crop",
+        or with it second, it opens with the whole image resized to `size`
+        (the central square of a non-square image); a second "crop" then
+        crops the transformed image. The paper transforms one branch and
+        leaves the other as the (cropped) image; here every view is
+        transformed alike, as the methods make their views from one recipe.
+        """
+        unknown = [name for name in transforms if name not in COMPOSITION_TRANSFORMS]
+        if unknown or not 1 <= len(transforms) <= 2:
+            raise ValueError(f"a composition is one or two of {COMPOSITION_TRANSFORMS}, got {list(transforms)}")
+        transforms = list(dict.fromkeys(transforms))  # (x, x): x alone
+        s = jitter_strength
+        crop = RandomResizedCrop(size, crop_scale, crop_ratio)
+        steps: dict[str, list[Augmentation]] = {
+            "crop": [crop, HorizontalFlip(hflip_p)] if hflip_p > 0 else [crop],
+            "cutout": [Cutout()],
+            "color": [ColorJitter(jitter_p, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), RandomGrayscale(grayscale_p)],
+            "sobel": [Sobel()],
+            "noise": [GaussianNoise()],
+            "blur": [GaussianBlur(1.0, blur_sigma, blur_kernel_fraction)],
+            "rotate": [Rotation90(1.0)],
+        }
+        augmentations: list[Augmentation] = []
+        if transforms[0] != "crop":
+            augmentations.append(RandomResizedCrop(size, (1.0, 1.0), (1.0, 1.0)))
+            crop.name = "second_crop"  # "crop" names the opening one (names key ViewParams)
+        for name in transforms:
+            augmentations += steps[name]
+        return cls(augmentations, mean, std, num_views)
+
 
 def view_recipe_from_config(cfg: DictConfig, num_views: int, **overrides: Any) -> ViewRecipe:
     """The training views that `cfg.views` describes, at `cfg.data.image_size`,
     `num_views` per image (`overrides`: keyword arguments of
-    `ViewRecipe.simclr` to replace)."""
+    `ViewRecipe.simclr` to replace). With `views.first` set, the
+    composition-study views that `views.first` then `views.second` name."""
     v = cfg.views
+    first, second = OmegaConf.select(cfg, "views.first"), OmegaConf.select(cfg, "views.second")
+    if first is not None:
+        if overrides:
+            raise UserError(
+                f"views.first={first} (SimCLR's augmentation-composition study) replaces the views of methods that "
+                f"take cfg.views as they are, but method '{cfg.method.name}' adapts them to its own task. Set "
+                "views.first=null views.second=null, or run the study with a contrastive method, e.g. method=simclr.")
+        return ViewRecipe.composition(
+            [first] + ([second] if second is not None else []), size=cfg.data.image_size, mean=list(cfg.data.mean),
+            std=list(cfg.data.std), crop_scale=tuple(v.crop_scale), crop_ratio=tuple(v.crop_ratio),
+            hflip_p=v.hflip_p, jitter_p=v.jitter_p, jitter_strength=v.jitter_strength, grayscale_p=v.grayscale_p,
+            blur_sigma=tuple(v.blur_sigma), blur_kernel_fraction=v.blur_kernel_fraction, num_views=num_views)
     return ViewRecipe.simclr(**{**dict(
         size=cfg.data.image_size,
         mean=list(cfg.data.mean),

@@ -5,7 +5,9 @@
     python scripts/results_table.py --methods docs/results/   # the README's methods table
 
 Accuracies are last-epoch test top-1 in percent; every row says its epochs,
-batch size, backbone, hardware and seed.
+batch size, backbone, hardware and seed. Where several seeds of one recipe
+are found (e.g. `-m seed=0,1,2`), a second table pools them: mean ± sample
+standard deviation with n.
 """
 
 import argparse
@@ -13,7 +15,8 @@ import sys
 from pathlib import Path
 
 from ssl_runner.methods.registry import METHOD_INFO
-from ssl_runner.report import find_summaries, markdown_table, methods_table
+from ssl_runner.report import find_summaries, load_summary, markdown_table, methods_table
+from ssl_runner.seed_spread import POOLED_HEADING, has_repeated_seeds, pooled_table
 
 
 def main() -> int:
@@ -32,6 +35,9 @@ def main() -> int:
         print(methods_table(summaries, METHOD_INFO))
     else:
         print(markdown_table(summaries))
+        loaded = [load_summary(p) for p in summaries]
+        if has_repeated_seeds(loaded):  # several seeds of one recipe: their spread too
+            print(f"\n{POOLED_HEADING}\n\n{pooled_table(loaded)}")
     return 0
 
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_runner.report import (OPTIONAL_COLUMNS, find_summaries, format_cell, load_summary, optional_figure,
                                run_name, run_outcome, summary_row)
 from ssl_runner.safe_io import write_text
+from ssl_runner.seed_spread import POOLED_HEADING, has_repeated_seeds, pooled_table
 
 if TYPE_CHECKING:
     from ssl_runner.sweeps.plots import SweepPoint
@@ -194,9 +195,11 @@ class SweepResultsTable(Callback):
         text = markdown(columns, rows)
         order = (f"sorted by the objective, `{sweep.objective_key}` ({sweep.direction}), best first; "
                  "jobs without a value last" if sweep.objective_key else "in job order")
+        summaries = [job.summary for job in sweep.jobs]
+        pooled = (f"\n{POOLED_HEADING}\n\n{pooled_table(summaries)}\n" if has_repeated_seeds(summaries) else "")
         write_text(sweep_dir / "results.md",
                    "Generated from the summary.json of each job below this folder (last-epoch test top-1, %; "
-                   f"wall time in seconds), {order}.\n\n{text}\n")
+                   f"wall time in seconds), {order}.\n\n{text}\n{pooled}")
         write_text(sweep_dir / "results.csv", csv_text(columns, rows))
         for name in PICTURES:  # an earlier sweep's in this folder: the pictures show the sweep results.csv lists
             (sweep_dir / name).unlink(missing_ok=True)

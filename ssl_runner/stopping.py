@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import lightning as L
 import torch
@@ -33,10 +33,17 @@ class RunStopped(Exception):
 
     status = "interrupted"
 
-    def __init__(self, signum: int, where: str = "") -> None:
-        self.signum = signum
+    def __init__(self, signum: Union[int, str], where: str = "") -> None:
+        if isinstance(signum, str):
+            # Re-created from its message by a library that wraps what is raised
+            # inside it (OmegaConf's format_and_raise, when the signal lands in a
+            # config access): the signal is the one received, the message its first line.
+            message, signum = signum.splitlines()[0], _Requests.signum or signal.SIGTERM
+        else:
+            message = f"stopped by {signal.Signals(signum).name}" + (f" {where}" if where else "")
+        self.signum = int(signum)
         self.where = where
-        super().__init__(f"stopped by {signal.Signals(signum).name}" + (f" {where}" if where else ""))
+        super().__init__(message)
 
     @property
     def exit_code(self) -> int:

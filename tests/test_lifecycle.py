@@ -140,6 +140,27 @@ def test_a_signal_outside_training_stops_at_once_with_the_resume_command(cifar_r
 
 
 @pytest.mark.integration
+def test_a_signal_landing_in_a_config_access_still_stops_the_run_with_its_status(monkeypatch):
+    """The handler raises where the signal lands; OmegaConf re-creates an
+    exception raised inside its attribute access from its message (this
+    happened in CI: a ValueError and exit 1 instead of 143)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from ssl_runner import stopping
+    from ssl_runner.config import RunConfig
+
+    cfg = OmegaConf.structured(RunConfig)
+    monkeypatch.setattr(stopping._Requests, "signum", signal.SIGTERM)
+
+    def signal_lands_here(*args, **kwargs):
+        raise stopping.RunStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(DictConfig, "_get_impl", signal_lands_here)
+    with pytest.raises(stopping.RunStopped) as stopped:
+        cfg.objective  # noqa: B018
+    assert stopped.value.exit_code == 143 and str(stopped.value) == "stopped by SIGTERM"
+
+
 def test_the_banner_and_progress_lines_say_what_runs(uninterrupted):
     run_dir, log = uninterrupted
     for expected in ("ssl-runner: simclr on cifar10 (512 training / 256 test images, 32 px), backbone resnet_tiny",

@@ -20,18 +20,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_runner import cli_help
+from ssl_runner.conf_root import config_dir
 from ssl_runner.errors import EXIT_USER_ERROR, UserError
 from ssl_runner.safe_io import write_failure, write_failure_paragraph
-
-
-def config_dir() -> str:
-    """`conf/` beside the package (a source checkout or an editable install),
-    else the copy installed as `ssl_runner/conf`."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"ssl_runner's config tree is missing (looked in {here.parent / 'conf'} and {here / 'conf'})")
 
 
 def config_groups() -> str:
@@ -162,12 +153,38 @@ def choose_cpu_preset(args: List[str]) -> List[str]:
     return [*args, f"experiment={CPU_PRESET}"]
 
 
+def expand_seeds(args: List[str]) -> List[str]:
+    """`seeds=[0,1,2]`: the recipe once per seed, as the multirun `seed=0,1,2`
+    (each seed its own run folder; the sweep's results.md pools them: mean ±
+    std with n). With other swept keys (`-m optimizer.lr=0.1,1`), every point
+    runs each seed. A command-line option, not a config key."""
+    given = [a for a in args if re.match(r"^\+{0,2}seeds=", a)]
+    if not given:
+        return args
+    fix = "Give the seeds once, as seeds=[0,1,2] (or a multirun over seed: -m seed=0,1,2)."
+    if len(given) > 1 or any(re.match(r"^\+{0,2}seed=", a) for a in args):
+        raise UserError(f"the command gives the seeds more than once ({', '.join(a for a in args if 'seed' in a)}). "
+                        + fix)
+    if any(re.match(r"^\+{0,2}hparams_search=", a) for a in args):
+        raise UserError("seeds=[...] with hparams_search: an Optuna trial runs one seed, and the search would see "
+                        "each seed as a separate trial. Remove seeds=..., or sweep the seeds by hand once the search "
+                        "has chosen its values.")
+    text = given[0].split("=", 1)[1].strip().removeprefix("[").removesuffix("]")
+    seeds = [s.strip() for s in text.split(",") if s.strip()]
+    if not seeds or not all(re.fullmatch(r"\d+", s) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise UserError(f"seeds={given[0].split('=', 1)[1]} is not a list of distinct non-negative integers. " + fix)
+    rest = [a for a in args if a != given[0]]
+    multirun = any(a in ("-m", "--multirun") for a in rest)
+    # Hydra's parser takes its flags before the overrides.
+    return [*([] if multirun else ["--multirun"]), *rest, f"seed={','.join(seeds)}"]
+
+
 def main() -> None:
     # Hydra's own failures (composition, the run folder) reach us as exceptions,
     # not as its printed report and exit status 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv[1:] = choose_cpu_preset(sys.argv[1:])
     try:
+        sys.argv[1:] = expand_seeds(choose_cpu_preset(sys.argv[1:]))
         _hydra_main()
     except HydraException as err:
         print(hydra_error_paragraph(err), file=sys.stderr)

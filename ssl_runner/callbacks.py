@@ -60,7 +60,7 @@ class BatchSeeds(Callback):
 
 def _eval_settings_key(stage: str) -> str:
     """The eval.* section whose settings train `stage` (its random-init twin's too)."""
-    for prefix, key in (("probe_", "probe"), ("nonlinear", "nonlinear"), ("finetune", "finetune")):
+    for prefix, key in (("probe_", "probe"), ("nonlinear", "nonlinear"), ("finetune", "finetune"), ("semi_", "semi")):
         if stage.startswith(prefix):
             return key
     return "linear"  # linear, linear_random_init, linear_concat

@@ -28,7 +28,8 @@ stages chained after it (kNN and a linear probe by default; fine-tuning and
 probes on request), and leaves everything in one run folder,
 outputs/<date>/<time>_<method>/: the resolved config, each stage's checkpoints
 and metrics, and summary.json. CIFAR-10 is read from $SSL_RUNNER_DATA/cifar10
-(default ./data/cifar10) and downloaded there if absent.
+(default ./data/cifar10) and downloaded there if absent; data=cifar100 and
+data=stl10 likewise, data=imagefolder from any train/<class>/ tree.
 
 On a machine without a GPU, a command that names no experiment runs the
 cifar10_cpu preset (a short real run on the CPU); name one to choose another,
@@ -51,7 +52,9 @@ EXAMPLES: Tuple[Tuple[str, str], ...] = (
 # The options of a group that holds settings, not a choice (eval, monitor):
 # a user changes its keys (eval.linear.epochs=30) instead.
 SETTINGS_ONLY = ["default"]
-INTERNAL_GROUPS = ("hydra", "__pycache__")
+# Folders of conf/ that are not config groups: Hydra's own, and the presets'
+# expected results (conf/expected/<preset>.yaml, read by ssl_runner/expected.py).
+INTERNAL_GROUPS = ("hydra", "__pycache__", "expected")
 
 
 def _section(title: str, lines: List[str]) -> str:

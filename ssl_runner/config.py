@@ -23,7 +23,8 @@ CIFAR10_STD = [0.2470, 0.2435, 0.2616]
 class DataConfig:
     name: str = "cifar10"
     root: str = "./data/cifar10"
-    # cifar10 only: fetch torchvision's archive when `root` holds neither format.
+    # cifar10, cifar100, stl10: fetch the data set's archive (torchvision's
+    # URL and md5) when `root` holds neither image folders nor its files.
     download: bool = True
     image_size: int = 32
     # Image folders of mixed sizes: resize the shorter side to `load_size` and
@@ -34,6 +35,10 @@ class DataConfig:
     # Class-balanced, seeded subsets (null = the whole split).
     subset: Optional[int] = None
     test_subset: Optional[int] = None
+    # The split pretraining reads, parts joined by "+" (STL-10's
+    # "train+unlabeled": labels are not needed); null: the train split.
+    # Evaluation always uses train and test.
+    pretrain_split: Optional[str] = None
     # Per-device batch size; the global batch is this x devices x nodes
     # (x gradient accumulation steps).
     batch_size: int = 256
@@ -189,6 +194,10 @@ class MonitorConfig:
     # Weighted kNN on the test split every N epochs (0: never).
     knn_every_n_epochs: int = 10
     collapse: bool = True
+    # RankMe, alignment and uniformity of the backbone's features at every epoch's end, on
+    # label_free_images training images fixed for the run (label_free_monitor.py): no labels needed.
+    label_free: bool = True
+    label_free_images: int = 1024
 
 
 @dataclass

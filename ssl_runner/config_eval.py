@@ -4,7 +4,7 @@ config schema in `ssl_runner/config.py`, which re-exports these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 
 @dataclass
@@ -14,10 +14,11 @@ class KnnConfig:
 
 
 @dataclass
-class ClassifierStageConfig:
-    """A supervised stage on top of the pretrained encoder (linear or fine-tune)."""
+class SupervisedTraining:
+    """How a supervised stage trains (batch, optimiser, augmentation): shared
+    by the classifier stages and by the semi-supervised block, whose epochs
+    differ by label fraction."""
 
-    epochs: int = 100
     batch_size: int = 256
     lr: float = 0.1
     momentum: float = 0.9
@@ -26,6 +27,13 @@ class ClassifierStageConfig:
     # false: train on features of unaugmented images, computed once (fast);
     # true: random crop + flip each epoch, the encoder run every step.
     augment: bool = False
+
+
+@dataclass
+class ClassifierStageConfig(SupervisedTraining):
+    """A supervised stage on top of the pretrained encoder (linear or fine-tune)."""
+
+    epochs: int = 100
 
 
 @dataclass
@@ -62,6 +70,26 @@ class NonLinearStageConfig(ClassifierStageConfig):
 
 
 @dataclass
+class SemiConfig(SupervisedTraining):
+    """The semi-supervised stages (semi_1pct, semi_10pct, their random-init
+    twins): the whole network, backbone and a new linear head, fine-tuned on
+    a class-balanced, seeded 1 % or 10 % of the training labels (SimCLR,
+    Chen et al. 2020, Appendix B.5: Nesterov momentum, no weight decay, "no
+    regularization", no warm-up, crop + flip only). One block for both
+    fractions; only the epochs differ, hence no single `epochs` key."""
+
+    # The paper's, on ImageNet: 60 epochs on 1 % of the labels, 30 on 10 %.
+    epochs_1pct: int = 60
+    epochs_10pct: int = 30
+    # The paper's rule, lr = 0.05 x batch / 256 (0.8 at its batch 4096), at
+    # batch 256; not rescaled here: change it with batch_size.
+    lr: float = 0.05
+    nesterov: bool = True
+    # Random crop + flip each epoch: the protocol.
+    augment: bool = True
+
+
+@dataclass
 class EvalConfig:
     random_baseline: bool = False
     # The backbone stage whose pooled output every evaluation stage uses
@@ -71,6 +99,14 @@ class EvalConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     # Also the settings of linear_concat (LooC++), so the two are comparable.
     linear: ClassifierStageConfig = field(default_factory=ClassifierStageConfig)
+    # The transfer stage (add it to pipeline.stages): kNN (knn's k and
+    # temperature) and the linear probe (linear's settings, cached features)
+    # on other data sets, each `cifar10`, `cifar100`, `stl10` (root from
+    # conf/data/<name>.yaml) or `<name>:PATH` (imagefolder:PATH).
+    transfer: List[str] = field(default_factory=list)
+    # Class-balanced, seeded subsets of each target's train / test split (null: all).
+    transfer_subset: Optional[int] = None
+    transfer_test_subset: Optional[int] = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     nonlinear: NonLinearStageConfig = field(default_factory=NonLinearStageConfig)
     finetune: ClassifierStageConfig = field(
@@ -78,3 +114,4 @@ class EvalConfig:
             epochs=30, lr=0.01, weight_decay=5e-4, nesterov=True, augment=True
         )
     )
+    semi: SemiConfig = field(default_factory=SemiConfig)

@@ -29,9 +29,10 @@ from ssl_runner.methods import METHODS
 from ssl_runner.run_dir import SUMMARY, Manifest, hardware_description, relative_paths, summarise
 from ssl_runner.runtime import job_age
 from ssl_runner.safe_io import write_json, write_text
+from ssl_runner.protocols import protocol_label, with_protocol
 from ssl_runner.stages import STAGES, random_init_names
 from ssl_runner.stages.context import RunContext
-from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, TRAIN_SPLIT, evaluation_stages
+from ssl_runner.stages.registry import DATA_READS, ENCODER, TRAIN_SPLIT, evaluation_stages
 from ssl_runner.checkpoints import prepare_stage_folder
 from ssl_runner.stopping import raise_if_stop_requested
 from ssl_runner.wandb_logging import log_pipeline_summary
@@ -136,8 +137,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     if not all(manifest.is_done(s) for s in stages):
         # Missing or unreadable data fails here, before any stage is recorded.
         ctx.train_images  # noqa: B018
-        if any(TEST_SPLIT in STAGES[s].reads for s in stages):
-            ctx.test_images  # noqa: B018
+        for kind, decoded in DATA_READS.items():
+            if any(kind in STAGES[s].reads for s in stages if not manifest.is_done(s)):
+                getattr(ctx, decoded)
     if main:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if on_accepted is not None:
@@ -180,8 +182,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
             except OSError as write_err:  # a full disk: the stage's own error is the one to report
                 log.warning("could not write %s (%s)", run_dir / SUMMARY, write_err)
             raise
+        result = with_protocol(stage, cfg, result)
         manifest.finish(stage, result)
-        log.info("%s: done %s", stage, {k: v for k, v in result.items() if k in ("top1", "loss", "epochs")})
+        figures = {k: v for k, v in result.items() if k in ("top1", "loss", "epochs")}
+        log.info("%s: done %s%s", stage, figures,
+                 f", protocol {protocol_label(result['protocol'])}" if "protocol" in result else "")
         write_summary()
     summary = write_summary()
     if main and cfg.logger.name == "wandb":

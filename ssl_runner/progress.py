@@ -24,6 +24,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from omegaconf import DictConfig
 
+from ssl_runner.data.label_subsets import LABEL_FRACTIONS
+
 log = logging.getLogger("ssl_runner")
 
 # Steps timed before an ETA is shown (the first ones include warm-up).
@@ -39,6 +41,9 @@ def stage_work(cfg: DictConfig, stage: str, train_images: int, test_images: int,
     if base in ("finetune", "nonlinear"):
         settings = cfg.eval[base]
         return 3.0 * settings.epochs * train_images + test_images
+    if base.startswith("semi_"):  # semi_<tag>: eval.semi.epochs_<tag> on that fraction of the labels
+        tag = base.removeprefix("semi_")
+        return 3.0 * cfg.eval.semi[f"epochs_{tag}"] * LABEL_FRACTIONS[tag] * train_images + test_images
     if base in ("linear", "linear_concat") and cfg.eval.linear.augment:
         return cfg.eval.linear.epochs * train_images + test_images
     if base.startswith("probe_"):

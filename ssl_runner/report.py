@@ -13,6 +13,8 @@ from typing import Any, Dict, Iterable, List, Mapping
 
 from omegaconf import OmegaConf
 
+from ssl_runner.protocols import protocol_notes
+
 COLUMNS = ("method", "backbone", "image px", "features", "train images", "epochs", "batch", "hardware", "seed",
            "pretrain min", "kNN top-1", "random-init kNN", "kNN gain", "linear top-1", "run")
 
@@ -87,6 +89,11 @@ OPTIONAL_COLUMNS = {
     "random-init rotation probe": ("baseline", "probe_rotation_random_init"),
     "colour probe": ("stages", "probe_color"),
     "random-init colour probe": ("baseline", "probe_color_random_init"),
+    "fine-tuned": ("stages", "finetune"),
+    "semi 1 %": ("stages", "semi_1pct"),
+    "random-init semi 1 %": ("baseline", "semi_1pct_random_init"),
+    "semi 10 %": ("stages", "semi_10pct"),
+    "random-init semi 10 %": ("baseline", "semi_10pct_random_init"),
 }
 
 
@@ -106,9 +113,20 @@ def run_outcome(summary: Dict[str, Any]) -> str:
     return f"{status}{where}: {reason[:160]}" if reason else f"{status}{where}"
 
 
+# The stages whose figures the tables show, in the order their protocols are listed.
+TABLE_STAGES = ("knn", "linear", *dict.fromkeys(stage for _, stage in OPTIONAL_COLUMNS.values()))
+
+
+def protocols_note(summaries: List[Dict[str, Any]]) -> str:
+    """The note under a table: each figure's protocol, as its runs recorded it."""
+    stages = [s.removesuffix("_random_init") for s in TABLE_STAGES]
+    lines = protocol_notes(summaries, dict.fromkeys(stages))
+    return "\n\nProtocols (every figure is last-epoch top-1 on the test split, %):\n" + "\n".join(lines) if lines else ""
+
+
 def markdown_table(summaries: Iterable[Path]) -> str:
     """One row per run; a "status" column (with the reason) when any run
-    failed or diverged."""
+    failed or diverged; the figures' protocols below it."""
     loaded = [load_summary(p) for p in summaries]
     extra = [c for c in OPTIONAL_COLUMNS if any(optional_figure(s, c) is not None for s in loaded)]
     failed = any(run_outcome(s) != "done" for s in loaded)
@@ -121,7 +139,7 @@ def markdown_table(summaries: Iterable[Path]) -> str:
         rows.append(row)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_cell(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines) + protocols_note(loaded)
 
 
 METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "linear gain", "minutes",
@@ -151,4 +169,4 @@ def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
                    None if wall is None else round(wall / 60, 1)]
         cells = [f"`{name}`", meta.paper, *map(format_cell, figures), meta.published]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + protocols_note(list(runs.values()))

@@ -4,7 +4,9 @@ end a run with its state saved and the command that resumes it.
 While a stage trains, a signal is a request: at the end of the current batch
 every rank agrees on it (one tiny all-reduce per batch in a multi-process
 run), the stage's `last.ckpt` is written with the exact position (resumed,
-the run gives the uninterrupted figures), and `RunStopped` ends the run: the
+the run gives the uninterrupted figures), and `RunStopped` ends the run; at
+an epoch's last batch the epoch ends first (its validation, monitors, logged
+means and its own `last.ckpt`) and the run stops before the next one. The
 manifest records the stage as interrupted, and the CLI prints one line with
 the resume command and exits 130 (SIGINT) or 143 (SIGTERM), as shells do.
 Outside training (decoding images, kNN, between stages) there is nothing to
@@ -98,16 +100,25 @@ def _agreed_signal(trainer: L.Trainer) -> int:
     return signum
 
 
-def at_step_boundary(trainer: L.Trainer, batch_idx: int) -> bool:
-    """Whether the batch just done ended an optimizer step (with gradient
-    accumulation a checkpoint in between would lose the accumulated gradients)."""
-    return (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0
+def mid_epoch_checkpoint_allowed(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether a checkpoint may be saved after the batch just done: it must end
+    an optimizer step (with gradient accumulation a checkpoint in between
+    would lose the accumulated gradients) and not be the epoch's last batch.
+    Resumed from there, Lightning counts the epoch as done but skips its end
+    (validation, the epoch hooks: monitors, figures, its checkpoint) and the
+    next epoch's start (BatchSeeds' seed of its first batch), so the resumed
+    run would train differently; the epoch's own end comes moments later."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    last_batch = batch_idx + 1 >= trainer.num_training_batches or epoch_loop.batch_progress.is_last_batch
+    return (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0 and not last_batch
 
 
 class StopOnSignal(Callback):
-    """Acts on a stop request at a batch's or an epoch's end: saves
+    """Acts on a stop request at a batch's end (not an epoch's last): saves
     `checkpoint` (every rank takes part, rank 0 writes) and raises
-    `RunStopped`. Lightning's own SIGTERM handling is switched off (it would
+    `RunStopped`; otherwise once the epoch has ended, at the next epoch's
+    start or at the end of training, where the epoch's own checkpoint holds
+    the position. Lightning's own SIGTERM handling is switched off (it would
     end the run with exit status 0)."""
 
     def __init__(self, stage: str, checkpoint: Optional[Path]) -> None:
@@ -141,7 +152,7 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not at_step_boundary(trainer, batch_idx):
+        if not mid_epoch_checkpoint_allowed(trainer, batch_idx):
             return
         signum = _agreed_signal(trainer)
         if signum:
@@ -152,17 +163,35 @@ class StopOnSignal(Callback):
             self._stop(trainer, signum, f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, batch "
                                         f"{batch_idx + 1}/{trainer.num_training_batches}")
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _stop_between_epochs(self, trainer: L.Trainer) -> None:
+        """Stop, without saving, once the epochs so far have ended as in an
+        uninterrupted run: their validation, monitors and logged means done,
+        `last.ckpt` saved at the last one's end (ModelCheckpoint's turn comes
+        after every other epoch-end hook, so it is not done here)."""
         signum = _agreed_signal(trainer)
-        if signum:
-            self._stop(trainer, signum, f"the end of epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        if not signum:
+            return
+        epochs_done = trainer.current_epoch
+        if epochs_done == 0:
+            raise RunStopped(signum, f"in {self.stage} before its first batch")
+        saved = ""
+        if self.checkpoint is not None:
+            saved = f"; saved {self.checkpoint.parent.parent.name}/checkpoints/{self.checkpoint.name} there"
+        raise RunStopped(signum, f"in {self.stage} at the end of epoch {epochs_done}/{trainer.max_epochs}{saved}")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_between_epochs(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_between_epochs(trainer)
 
 
 class TimedCheckpoint(ModelCheckpoint):
     """Lightning's time-based checkpoint (`train_time_interval`), held back
-    to the next optimizer step when gradients are being accumulated."""
+    to the next optimizer step when gradients are being accumulated, and
+    never at an epoch's last batch (mid_epoch_checkpoint_allowed)."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if at_step_boundary(trainer, batch_idx):
+        if mid_epoch_checkpoint_allowed(trainer, batch_idx):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

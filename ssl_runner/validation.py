@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,15 +22,19 @@ from omegaconf.errors import (
 )
 
 from ssl_runner import config as schema
+from ssl_runner import config_eval as eval_schema
 from ssl_runner.backbone_export import check_exportable
+from ssl_runner.data.archives import DATA_NAMES, data_reference
+from ssl_runner.data.image_folder import list_image_folder
 from ssl_runner.errors import UserError
 from ssl_runner.models.backbones import check_backbone
 from ssl_runner.optim import LR_SCALING_RULES, OPTIMIZERS, SCHEDULES
+from ssl_runner.sweeps.objective import check_label_free_objective
 from ssl_runner.views.study_augmentations import COMPOSITION_TRANSFORMS
 
 # Values that must be one of a fixed set, checked after the types.
 CHOICES: Dict[str, List[str]] = {
-    "data.name": ["cifar10", "imagefolder"],
+    "data.name": DATA_NAMES,
     "data.views_on": ["device", "cpu"],
     "optimizer.name": list(OPTIMIZERS),
     "optimizer.lr_scaling": list(LR_SCALING_RULES),
@@ -75,7 +80,7 @@ def _explain(err: OmegaConfBaseException, schema_hint: Optional[type] = None) ->
 
 def _dataclass_of(tp: Any) -> Optional[type]:
     if isinstance(tp, str):  # the schema's annotations are strings (postponed evaluation)
-        tp = getattr(schema, tp, None)
+        tp = getattr(schema, tp, None) or getattr(eval_schema, tp, None)
     return tp if is_dataclass(tp) else None
 
 
@@ -150,16 +155,62 @@ def _check_values(cfg: DictConfig, stages: Sequence[str]) -> None:
                 f"unknown stage '{stage}' in pipeline.stages. Available stages: {', '.join(stages)}."
             )
     check_exportable(cfg)
+    _check_data_sets(cfg)
+    _check_labelled_train_split(cfg)
     for key in ("data.batch_size", "data.eval_batch_size", "trainer.max_epochs", "data.image_size",
+                "eval.semi.batch_size", "eval.semi.epochs_1pct", "eval.semi.epochs_10pct",
                 "trainer.num_nodes", "trainer.collective_timeout_s", "trainer.accumulate_grad_batches"):
         if OmegaConf.select(cfg, key) < 1:
             raise UserError(f"config key '{key}' must be at least 1.")
-    for key in ("data.subset", "data.test_subset", "data.global_batch_size"):
+    for key in ("data.subset", "data.test_subset", "data.global_batch_size", "eval.transfer_subset",
+                "eval.transfer_test_subset"):
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise UserError(f"config key '{key}' must be a positive number of images or null.")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise UserError("data.mean and data.std need three values, one per RGB channel.")
+    if cfg.monitor.label_free and cfg.monitor.label_free_images < 2:
+        raise UserError("config key 'monitor.label_free_images' must be at least 2 (uniformity compares pairs "
+                        "of images); the default is 1024. Or set monitor.label_free=false.")
+    check_label_free_objective(cfg.objective.key, cfg.monitor.label_free)
+
+
+def _check_labelled_train_split(cfg: DictConfig) -> None:
+    """The semi-supervised stages fine-tune on the training labels: refuse
+    them before any work when train/ is an image folder with no class
+    folders (a missing folder is load_split's to report)."""
+    semi = [s for s in cfg.pipeline.stages if s.startswith("semi_")]
+    train_dir = Path(cfg.data.root) / "train"
+    if semi and train_dir.is_dir() and not list_image_folder(train_dir)[2]:
+        raise UserError(
+            f"pipeline.stages has {', '.join(semi)}, which fine-tune on a fraction of the training labels, but "
+            f"{train_dir} has no class folders: its images are unlabelled. Arrange it as train/<class>/<images>, "
+            "or remove the semi-supervised stages from pipeline.stages."
+        )
+
+
+def _check_data_sets(cfg: DictConfig) -> None:
+    """data.pretrain_split never reads the test split; eval.transfer names
+    data sets (`name` or `name:PATH`), each once, and the transfer stage has one."""
+    split = cfg.data.pretrain_split
+    if split is not None and ("" in split.split("+") or "test" in split.split("+")):
+        raise UserError(f"config key 'data.pretrain_split' is '{split}'; it names the splits pretraining reads, "
+                        "joined by + (e.g. train+unlabeled), and never the test split the evaluation scores on. "
+                        "Fix it, or set it to null for the train split.")
+    targets = list(cfg.eval.transfer)
+    if "transfer" in cfg.pipeline.stages and not targets:
+        raise UserError("pipeline.stages has the transfer stage but eval.transfer names no data set to transfer "
+                        "to. Set e.g. eval.transfer=[cifar100] (or [imagefolder:PATH]), or remove transfer from "
+                        "pipeline.stages.")
+    for target in targets:
+        name, root = data_reference(target)
+        if name not in DATA_NAMES or root == "" or (name == "imagefolder" and root is None):
+            raise UserError(f"eval.transfer has '{target}', which is not a data set: each target is one of "
+                            f"{', '.join(n for n in DATA_NAMES if n != 'imagefolder')} (from its conf/data file's "
+                            "root), or NAME:PATH such as imagefolder:/data/pets (train/<class>/ and test/<class>/ "
+                            "under PATH).")
+        if targets.count(target) > 1:
+            raise UserError(f"eval.transfer names '{target}' twice; list each target once.")
 
 
 def _check_composition_views(cfg: DictConfig) -> None:
@@ -193,5 +244,9 @@ def _check_optimisation(cfg: DictConfig) -> None:
     if s.gamma <= 0:
         raise UserError(f"config key 'scheduler.gamma' is {s.gamma}; the lr factor at each milestone must be "
                         "positive (e.g. 0.2).")
+    for key, section in cfg.eval.items():  # every classifier stage's SGD
+        if isinstance(section, DictConfig) and section.get("nesterov") and section.momentum <= 0:
+            raise UserError(f"config key 'eval.{key}.nesterov' is true with eval.{key}.momentum={section.momentum}; "
+                            "Nesterov momentum needs a positive momentum (e.g. 0.9).")
     if cfg.eval.nonlinear.hidden_dim < 1:
         raise UserError("config key 'eval.nonlinear.hidden_dim' must be at least 1.")

@@ -155,6 +155,11 @@ def summary_figures(summary: Mapping[str, Any]) -> Dict[str, Any]:
                 value = record.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     figures[f"{stage}/{key}"] = value
+            # The transfer stage's figures, by target: transfer/<target>/knn_top1, .../linear_top1.
+            for target, result in (record.get("targets") or {}).items():
+                for key, value in result.items():
+                    if key.endswith("top1") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        figures[f"{stage}/{target}/{key}"] = value
     objective = summary.get("objective")
     if isinstance(objective, Mapping):
         figures["objective"] = objective.get("value")

@@ -57,6 +57,7 @@ def run_method_cli(cifar_root: Path, run_dir: Path, *args: str, extra_env=None):
     assert all(summary["stages"][s]["status"] == "done" for s in ("pretrain", "knn", "linear"))
     for stage in ("knn", "linear"):
         assert 15.0 < summary["stages"][stage]["top1"] <= 100.0  # ten classes: chance is 10 %
+        assert summary["stages"][stage]["protocol"]["name"] == stage  # every figure says its protocol
     with open(run_dir / "pretrain" / "metrics.csv") as fh:
         return summary, list(csv.DictReader(fh))
 

@@ -42,3 +42,12 @@ def test_check_plan_leaves_the_configured_batch_size_unchanged():
     assert launch.check_plan(cfg) == 2
     assert (cfg.data.batch_size, cfg.data.global_batch_size) == (100, 512)
     assert batch_sizes(cfg, 2).per_device == 128
+
+
+@pytest.mark.parametrize("stages, key", [("[pretrain,finetune]", "finetune"), ("[pretrain,semi_1pct]", "semi")])
+def test_a_stage_training_on_images_needs_a_batch_that_divides_across_the_processes(stages, key):
+    cfg = compose_config(["trainer=ddp_cpu", f"pipeline.stages={stages}", f"eval.{key}.batch_size=255"])
+    with pytest.raises(UserError, match=rf"eval.{key}.batch_size=255 .* does not divide across 2 processes"):
+        launch.check_plan(cfg)
+    # The linear probe on cached features trains every rank on all of them: any batch.
+    assert launch.check_plan(compose_config(["trainer=ddp_cpu", "eval.linear.batch_size=255"])) == 2

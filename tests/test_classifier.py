@@ -38,3 +38,17 @@ def test_linear_probe_freezes_encoder_weights_and_batchnorm_statistics():
 def test_finetuning_trains_the_encoder():
     changed, head_moved = fit_one_epoch(train_encoder=True)
     assert "conv1.weight" in changed and "bn1.running_mean" in changed and head_moved
+
+
+def test_cached_features_are_standardised_by_the_train_splits_statistics():
+    from ssl_runner.eval.features import standardise
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(500, 3, generator=gen) * torch.tensor([0.1, 4.0, 0.0]) + torch.tensor([2.0, -1.0, 5.0])
+    test = torch.tensor([[2.1, 3.0, 5.0]])
+    s_train, s_test = standardise(train, test)
+    assert torch.allclose(s_train[:, :2].mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(s_train[:, :2].std(0, unbiased=False), torch.ones(2), atol=1e-3)
+    assert torch.equal(s_train[:, 2], torch.zeros(500))  # a constant dimension stays finite: zero
+    mean, std = train.mean(0), train.std(0, unbiased=False)
+    assert torch.allclose(s_test[0, :2], (test[0, :2] - mean[:2]) / std[:2], rtol=1e-3)  # train's statistics, not test's

@@ -59,7 +59,7 @@ def test_smoke_run_writes_a_complete_summary(smoke_run):
     assert 10.0 < summary["baseline"]["knn_random_init"]["top1"] <= 100.0
     # The linear floor: the same probe on the untrained encoder, same epochs, same features.
     floor = summary["baseline"]["linear_random_init"]
-    assert (floor["epochs"], floor["features"]) == (5, "cached, unaugmented") and 10.0 < floor["top1"] <= 100.0
+    assert (floor["epochs"], floor["features"]) == (5, "cached, unaugmented, standardised") and 10.0 < floor["top1"] <= 100.0
 
 
 def test_smoke_run_folder_layout(smoke_run):

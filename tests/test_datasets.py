@@ -1,5 +1,6 @@
 """Data loading: real CIFAR-10 image folders, subsets, unlabelled folders, errors."""
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,21 @@ def test_unlabelled_folder_and_per_item_decoding(tmp_path):
     assert image.shape == (3, 24, 24) and image[0, 12, 12].item() == 200 and image[2, 0, 0].item() == 200
     with pytest.raises(UserError, match="load_size"):
         load_split(data_cfg(name="imagefolder", root=str(tmp_path), in_memory=True), "train", seed=0)
+
+
+def test_joined_image_folders_keep_train_labels_and_mark_the_rest_unlabelled(tmp_path):
+    for folder, count in (("train/cat", 2), ("train/dog", 3), ("unlabeled", 4)):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), color=(i, 0, 0)).save(tmp_path / folder / f"{i}.png")
+    cfg = data_cfg(name="imagefolder", root=str(tmp_path), in_memory=False)
+    both = load_split(cfg, "train+unlabeled", seed=0)
+    assert both.classes == ["cat", "dog"] and both.labels.tolist() == [0, 0, 1, 1, 1] + [UNLABELLED] * 4
+    assert [Path(p).parent.name for p in both.paths] == ["cat"] * 2 + ["dog"] * 3 + ["unlabeled"] * 4
+    # data.subset applies to it (a seeded draw: part of it has no labels).
+    assert len(load_split(data_cfg(name="imagefolder", root=str(tmp_path), subset=6), "train+unlabeled", 0)) == 6
+    with pytest.raises(UserError, match="extra does not exist"):
+        load_split(cfg, "train+extra", seed=0)
 
 
 def test_missing_folder_names_the_path_and_the_fix(tmp_path):

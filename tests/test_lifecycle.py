@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, cli_env, figures, strict_json
+from conftest import cli, cli_env, compose_config, figures, strict_json
+from lightning.pytorch.callbacks import Callback
 
 from ssl_runner import __main__ as entry
+from ssl_runner import stopping
 from ssl_runner.checkpoints import read_position
 from ssl_runner.progress import StageClock, duration
 
@@ -91,6 +93,50 @@ def test_a_signal_mid_epoch_saves_stops_and_the_rerun_gives_the_uninterrupted_fi
     assert ((run_dir / "pretrain" / "metrics.csv").read_text()
             == (reference / "pretrain" / "metrics.csv").read_text())
 
+
+
+class SigtermDuringLastBatch(Callback):
+    """Sends SIGTERM to this process as the last batch of epoch `epoch` (0-based)
+    starts: the request is seen at that batch's end."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == trainer.num_training_batches - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.integration
+def test_a_signal_at_an_epochs_last_batch_stops_after_that_epoch_and_resumes_exactly(
+        cifar_root, tmp_path, uninterrupted, monkeypatch):
+    """A checkpoint at the last batch's end used to resume as if the epoch had
+    ended without its end: no validation, monitors or means for it, and the next
+    epoch's first batch drew unseeded views (the loss drifted). The epoch now
+    ends first; the run stops before the next one."""
+    from ssl_runner.pipeline import run_pipeline
+
+    monkeypatch.setenv("SSL_RUNNER_DATA", str(cifar_root.parent))
+    handlers = {signum: signal.getsignal(signum) for signum in stopping.STOP_SIGNALS}
+    run_dir = tmp_path / "run"
+    try:
+        stopping.install_stop_handlers()  # as the CLI does at a job's start
+        with pytest.raises(stopping.RunStopped) as stopped:
+            run_pipeline(compose_config(RUN), run_dir, callbacks=[SigtermDuringLastBatch(epoch=0)])
+        position = read_position(run_dir / "pretrain" / "checkpoints" / "last.ckpt")
+        stopping.install_stop_handlers()
+        summary = run_pipeline(compose_config(RUN), run_dir)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    reference = uninterrupted[0]
+    assert figures(summary) == figures(strict_json(reference / "summary.json"))
+    assert summary["stages"]["pretrain"]["monitors"]["rankme"][0] is not None  # epoch 1's monitors ran
+    assert ((run_dir / "pretrain" / "metrics.csv").read_text()
+            == (reference / "pretrain" / "metrics.csv").read_text())
+    assert str(stopped.value) == ("stopped by SIGTERM in pretrain at the end of epoch 1/2; saved "
+                                  "pretrain/checkpoints/last.ckpt there")
+    assert (position.epoch, position.batches_done, position.epoch_finished) == (0, 4, True)
 
 @pytest.mark.integration
 @pytest.mark.distributed

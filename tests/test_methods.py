@@ -4,6 +4,8 @@ collapse that SimSiam's stop-gradient prevents."""
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -89,6 +91,30 @@ def test_npid_memory_bank_takes_the_batch_features(cifar_root, tmp_path, noise_s
     assert int(changed.sum()) == 64  # exactly the batch's rows
     assert torch.allclose(module.memory.bank.norm(dim=1), torch.ones(256))
     assert torch.isfinite(module.log_normaliser) == (noise_samples > 0)  # Z is estimated for NCE only
+
+
+def test_npid_estimates_its_nce_normaliser_over_the_positive_and_the_noise_columns():
+    """NPID's code (lemniscate.pytorch, NCEAverage): Z = N x the mean of exp(v.f / tau)
+    over the first batch's K + 1 columns, the positive's included. Each image's
+    bank row here is its own feature, so the positives score 1 / tau, far above
+    the noise: leaving them out would move log Z by more than 1."""
+    cfg = compose_config(["method=npid", "experiment=smoke", "method.noise_samples=5", "method.temperature=0.2"])
+    torch.manual_seed(0)
+    module = build_method(cfg, 10, num_samples=40)
+    x, indices = torch.randn(4, 3, 32, 32), torch.tensor([3, 17, 22, 38])
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(module.embed(module.backbone(x)), dim=1)
+        module.memory.bank[indices] = f
+    bank = module.memory.bank.clone()
+    torch.manual_seed(1)
+    out = module.ssl_step([x], indices)
+    torch.manual_seed(1)
+    noise = torch.randint(0, 40, (4, 5))  # ssl_step's draw
+    torch.testing.assert_close(out.embeddings, f)
+    logits = torch.cat([(bank[indices] * f).sum(1, keepdim=True), torch.einsum("nkd,nd->nk", bank[noise], f)], 1)
+    exp = (logits.double() / 0.2).exp()
+    assert float(module.log_normaliser) == pytest.approx(math.log(40 * float(exp.mean())), abs=1e-5)
+    assert abs(float(module.log_normaliser) - math.log(40 * float(exp[:, 1:].mean()))) > 1.0
 
 
 def _collapse_run(cifar_root, tmp_path, stop_gradient: bool) -> tuple[float, float]:

@@ -64,9 +64,11 @@ def listed_options(cell: str) -> List[str]:
 def chosen_groups() -> Dict[str, List[str]]:
     """The truth: each group of conf/ with its options (its YAML files), but
     Hydra's own and those whose one option is `default` (settings, no choice)."""
+    from ssl_runner.cli_help import INTERNAL_GROUPS  # hydra's own, and conf/expected (not a group)
+
     groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in CONF.iterdir() if d.is_dir()}
     return {name: options for name, options in groups.items()
-            if name != "hydra" and options and options != ["default"]}
+            if name not in INTERNAL_GROUPS and options and options != ["default"]}
 
 
 def readme_groups() -> Dict[str, List[str]]:

@@ -9,14 +9,15 @@ from conftest import compose_config
 from ssl_runner.errors import UserError
 from ssl_runner.pipeline import planned_stages
 from ssl_runner.stages import STAGES, random_init_names, stage_names
-from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, Stage, register_stage
+from ssl_runner.stages.registry import ENCODER, PRETRAIN_SPLIT, TEST_SPLIT, TRANSFER_DATA, Stage, register_stage
 
 
 def test_the_schema_accepts_the_registered_stages_and_no_twin():
     assert set(stage_names()) == {"pretrain", "knn", "linear", "finetune", "linear_concat", "nonlinear",
-                                  "probe_rotation", "probe_color", "export"}
+                                  "probe_rotation", "probe_color", "semi_1pct", "semi_10pct", "transfer", "export"}
     assert set(random_init_names()) == {"knn_random_init", "linear_random_init", "nonlinear_random_init",
-                                        "probe_rotation_random_init", "probe_color_random_init"}
+                                        "probe_rotation_random_init", "probe_color_random_init",
+                                        "semi_1pct_random_init", "semi_10pct_random_init"}
     for twin in random_init_names():
         assert twin in STAGES and twin not in stage_names()
         assert ENCODER not in STAGES[twin].reads  # an untrained encoder: nothing to load
@@ -31,8 +32,11 @@ def test_an_unknown_stage_is_refused_with_the_registered_list():
 
 def test_only_pretraining_provides_the_encoder_and_every_evaluation_reads_the_test_split():
     assert [name for name, s in STAGES.items() if ENCODER in s.provides] == ["pretrain"]
-    assert all(TEST_SPLIT in s.reads for s in STAGES.values() if s.name != "export")
+    assert all(TEST_SPLIT in s.reads for s in STAGES.values() if s.name not in ("export", "transfer"))
     assert STAGES["export"].reads == (ENCODER,)  # it writes the encoder's weights, reads no image
+    # Transfer reads other data sets' splits, never this one's test split: it is not the auto objective.
+    assert STAGES["transfer"].reads == (ENCODER, TRANSFER_DATA)
+    assert PRETRAIN_SPLIT in STAGES["pretrain"].reads
 
 
 def test_a_stage_name_cannot_be_registered_twice():

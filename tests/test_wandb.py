@@ -15,7 +15,7 @@ import pytest
 from conftest import cli
 
 from ssl_runner.sweeps.job_info import sweep_name
-from ssl_runner.wandb_logging import override_values, wandb_metric_name
+from ssl_runner.wandb_logging import override_values, summary_figures, wandb_metric_name
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +95,17 @@ def _wandb_runs(run_dir: Path) -> List[Dict[str, Any]]:
                 run["artifacts"].append(record.artifact)
         runs.append(run)
     return runs
+
+
+def test_the_summary_runs_figures_include_each_transfer_target():
+    summary = {"status": "done", "stages": {
+        "knn": {"top1": 40.0, "protocol": {"name": "knn"}},
+        "transfer": {"targets": {"cifar100": {"knn_top1": 12.5, "linear_top1": 15.0, "protocol": {"name": "x"}}}}},
+        "baseline": {"knn_random_init": {"top1": 30.0}}}
+    figures = summary_figures(summary)
+    assert figures["knn/top1"] == 40.0 and figures["knn_random_init/top1"] == 30.0
+    assert figures["transfer/cifar100/knn_top1"] == 12.5 and figures["transfer/cifar100/linear_top1"] == 15.0
+    assert not any("protocol" in k for k in figures)
 
 
 def test_a_sweep_on_wandb_groups_by_pipeline_tags_the_sweep_and_leaves_a_summary_run(tmp_path, cifar_root):

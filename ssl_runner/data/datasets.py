@@ -1,5 +1,6 @@
-"""Data sets as uint8 images: CIFAR-10 (torchvision archive or image folder) and
-any image-folder tree, with class-balanced seeded subsets.
+"""Data sets as uint8 images: CIFAR-10, CIFAR-100 and STL-10 (their archives,
+read in archives.py, or image folders) and any image-folder tree, with
+class-balanced seeded subsets.
 
 Every split becomes an `ImageSet`: labels plus either a uint8 tensor of all
 images (small data sets, decoded once) or the file paths (decoded per item).
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -24,12 +24,11 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from ssl_runner.config import DataConfig
+from ssl_runner.data.archives import archive_available, missing_data_error, read_archive
 from ssl_runner.data.image_folder import UNLABELLED, check_image_headers, list_image_folder
 from ssl_runner.errors import UserError
 
 log = logging.getLogger(__name__)
-
-ENV_VAR = "SSL_RUNNER_DATA"
 
 
 def decode_file(path: str, load_size: Optional[int] = None) -> Tensor:
@@ -180,14 +179,15 @@ class DecodeCache:
 def balanced_subset(labels: Tensor, size: int, seed: int) -> Tensor:
     """Indices of `size` items, as equal a share per class as possible, seeded.
 
-    Unlabelled data gets a plain random subset. The result is sorted so that a
-    subset of a subset keeps the original order.
+    Data with unlabelled images (an unlabelled folder, STL-10's
+    train+unlabeled) gets a plain random subset. The result is sorted so that
+    a subset of a subset keeps the original order.
     """
     n = len(labels)
     if size >= n:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
-    if bool((labels == UNLABELLED).all()):
+    if bool((labels == UNLABELLED).any()):
         return torch.randperm(n, generator=gen)[:size].sort().values
     classes = labels.unique().tolist()
     per_class, extra = divmod(size, len(classes))
@@ -201,48 +201,6 @@ def balanced_subset(labels: Tensor, size: int, seed: int) -> Tensor:
     return torch.cat(chosen).sort().values
 
 
-def _missing_data_error(cfg: DataConfig, split: str, reason: str) -> UserError:
-    where = f"pass data.root=PATH pointing at a folder with {split}/<class>/<images>"
-    if cfg.name != "cifar10":  # only cifar10's default root comes from the environment
-        return UserError(f"no {cfg.name} '{split}' split at {Path(cfg.root).resolve()} ({reason}). Please {where}.")
-    env = os.environ.get(ENV_VAR)
-    env_note = f"{ENV_VAR} is '{env}'" if env is not None else f"{ENV_VAR} is not set"
-    return UserError(
-        f"no cifar10 '{split}' split at {Path(cfg.root).resolve()} ({reason}; {env_note}). "
-        f"Set {ENV_VAR} to the folder that holds cifar10/ (for example {ENV_VAR}=../shared/data), "
-        f"or {where} or torchvision's cifar-10-batches-py/."
-    )
-
-
-def _load_torchvision_cifar10(cfg: DataConfig, split: str, download: bool,
-                              classes: Optional[List[str]]) -> ImageSet:
-    from torchvision.datasets import CIFAR10
-
-    # The first folder that a failed download would leave behind, removed then.
-    created = Path(cfg.root).absolute()
-    while not created.parent.exists():
-        created = created.parent
-    created = None if created.exists() else created
-    try:
-        ds = CIFAR10(cfg.root, train=(split == "train"), download=download)
-    except Exception as err:  # no network, a partial archive, a read-only folder
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise _missing_data_error(
-            cfg, split, f"looked for train/<class>/ image folders and cifar-10-batches-py/; "
-            f"downloading failed: {type(err).__name__}: {err}"
-        ) from None
-    if classes and list(classes) != list(ds.classes):
-        raise UserError(
-            f"the cifar10 '{split}' split comes from torchvision's archive in {Path(cfg.root).resolve()}, whose "
-            f"classes are {', '.join(ds.classes)}, but the training split has the classes {', '.join(classes)}, "
-            "so labels would mean different classes. Give both splits as image folders with the same classes "
-            f"({split}/<class>/<images>), or both from the archive."
-        )
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), images=images)
-
-
 def decode_cache_dir(cfg: DataConfig) -> Optional[Path]:
     """Where decoded image folders are kept: data.cache_dir, else
     $SSL_RUNNER_CACHE, else ~/.cache/ssl_runner; None with data.decode_cache=false."""
@@ -252,36 +210,55 @@ def decode_cache_dir(cfg: DataConfig) -> Optional[Path]:
 
 
 def load_split(cfg: DataConfig, split: str, seed: int, classes: Optional[List[str]] = None) -> ImageSet:
-    """The `split` ("train" or "test") of the configured data set, subset and
-    (if `cfg.in_memory`) decoded; per-item files have their headers checked.
+    """The `split` ("train", "test", or parts joined by "+" such as STL-10's
+    "train+unlabeled") of the configured data set, subset (data.test_subset
+    for "test", else data.subset) and (if `cfg.in_memory`) decoded; per-item
+    files have their headers checked.
 
-    `classes` is the training split's class list, given for the test split so
-    that its labels are positions in train's list: a test class folder that
-    train lacks is a UserError, a train class that test lacks is fine (rules in
-    `list_image_folder`). torchvision's CIFAR-10 archive has fixed classes, so
-    `classes` other than the archive's is a UserError. None: the split lists
-    its own classes."""
+    Image folders root/<part>/ come first; without any, the named data set's
+    archive (archives.py). `classes` is the training split's class list,
+    given for the test split so that its labels are positions in train's
+    list: a test class folder that train lacks is a UserError, a train class
+    that test lacks is fine (rules in `list_image_folder`). An archive has
+    fixed classes, so `classes` other than the archive's is a UserError.
+    None: the split lists its own classes."""
     root = Path(cfg.root)
-    split_dir = root / split
-    subset = cfg.subset if split == "train" else cfg.test_subset
-    if split_dir.is_dir():
-        paths, labels, split_classes = list_image_folder(split_dir, classes)
-        if not paths:
-            raise _missing_data_error(cfg, split, f"{split_dir} holds no image files")
-        images = ImageSet(labels, split_classes, paths=paths, load_size=cfg.load_size)
-    elif cfg.name == "cifar10" and ((root / "cifar-10-batches-py").is_dir() or cfg.download):
-        images = _load_torchvision_cifar10(cfg, split, download=cfg.download, classes=classes)
+    part_dirs = [root / part for part in split.split("+")]
+    subset = cfg.test_subset if split == "test" else cfg.subset
+    if any(d.is_dir() for d in part_dirs):
+        images = _image_folders(cfg, split, part_dirs, classes)
+    elif archive_available(cfg):
+        archive_images, labels, archive_classes = read_archive(cfg, split, classes)
+        images = ImageSet(labels, archive_classes, images=archive_images)
     else:
-        raise _missing_data_error(cfg, split, f"{split_dir} does not exist")
+        raise missing_data_error(cfg, split, f"{part_dirs[0]} does not exist")
     if subset is not None:
         images = images.select(balanced_subset(images.labels, subset, seed))
     if cfg.in_memory:  # decode_file names a corrupt file as it decodes
         images = images.into_memory(decode_cache_dir(cfg))
     elif images.paths is not None:  # only the files this run reads (after the subset)
-        check_image_headers(images.paths, split_dir)
+        check_image_headers(images.paths, root if len(part_dirs) > 1 else part_dirs[0])
     log.info(
         "%s %s: %d images, %d classes, %s",
         cfg.name, split, len(images), len(images.classes),
         "in memory" if images.images is not None else "decoded per item",
     )
     return images
+
+
+def _image_folders(cfg: DataConfig, split: str, part_dirs: List[Path], classes: Optional[List[str]]) -> ImageSet:
+    """The files of root/<part>/ for every part, labelled in the first
+    labelled part's class list (an unlabelled part: UNLABELLED)."""
+    paths: List[str] = []
+    labels: List[Tensor] = []
+    split_classes: List[str] = []
+    for part_dir in part_dirs:
+        if not part_dir.is_dir():
+            raise missing_data_error(cfg, split, f"{part_dir} does not exist")
+        part_paths, part_labels, part_classes = list_image_folder(part_dir, classes or split_classes)
+        if not part_paths:
+            raise missing_data_error(cfg, split, f"{part_dir} holds no image files")
+        split_classes = split_classes or part_classes
+        paths += part_paths
+        labels.append(part_labels)
+    return ImageSet(torch.cat(labels), split_classes, paths=paths, load_size=cfg.load_size)

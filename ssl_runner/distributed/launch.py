@@ -124,12 +124,14 @@ def check_plan(cfg: DictConfig) -> int:
             "or trainer=ddp_cpu for several processes."
         )
     batch_sizes(cfg, world)  # refuses a data.global_batch_size that does not divide
-    for stage in ("linear", "finetune"):
-        s = cfg.eval[stage]
-        images = stage == "finetune" or s.augment
-        if images and stage in cfg.pipeline.stages and s.batch_size % world:
+    # The stages that train on images (not cached features) split their global batch across the ranks.
+    semi = any(stage.startswith("semi_") for stage in cfg.pipeline.stages)
+    for key, planned in (("linear", cfg.eval.linear.augment and "linear" in cfg.pipeline.stages),
+                         ("finetune", "finetune" in cfg.pipeline.stages), ("semi", semi)):
+        s = cfg.eval[key]
+        if planned and s.batch_size % world:
             raise UserError(
-                f"eval.{stage}.batch_size={s.batch_size} is the stage's global batch and does not divide across "
+                f"eval.{key}.batch_size={s.batch_size} is the stage's global batch and does not divide across "
                 f"{world} processes. Choose a multiple of {world}."
             )
     return world

@@ -47,3 +47,18 @@ def extract_features(encoder: nn.Module, images: ImageSet, data: DataConfig, dev
         raise RuntimeError("a rank received no images to encode; the split is smaller than the number of ranks")
     total = len(dataset)
     return (collectives.gather_strided(local_f, total).cpu(), collectives.gather_strided(local_l, total).cpu())
+
+
+def standardise(train: Tensor, test: Tensor, eps: float = 1e-5) -> Tuple[Tensor, Tensor]:
+    """`train` and `test` features shifted and scaled by the train split's
+    per-dimension mean and std (eps as BatchNorm's), for the linear probe on
+    cached features. Still a linear classifier of the raw features, but a
+    well-conditioned one: an untrained encoder's features vary a few times
+    less across images than a trained one's, so with equal epochs and lr its
+    probe stopped far short of convergence and inflated the linear gain. MAE
+    (He et al. 2022, Appendix A.2) normalises the same way, with BatchNorm
+    without affine; a fixed statistic of the train split is the same on every
+    rank and in every attempt."""
+    mean = train.mean(dim=0, keepdim=True)
+    scale = (train.var(dim=0, unbiased=False, keepdim=True) + eps).rsqrt()
+    return (train - mean) * scale, (test - mean) * scale

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,13 +47,14 @@ def nce_loss(positive_logits: Tensor, noise_logits: Tensor, log_normaliser: floa
     loss is -log h(positive) - sum over noise of log(1 - h(noise)), averaged
     over the batch.
     """
-    m = noise_logits.shape[1]
-    noise_mass = m / num_data
-    p_pos = torch.exp(positive_logits - log_normaliser)
-    p_noise = torch.exp(noise_logits - log_normaliser)
-    eps = 1e-7
-    log_h_pos = torch.log(p_pos / (p_pos + noise_mass) + eps)
-    log_not_h_noise = torch.log(noise_mass / (p_noise + noise_mass) + eps)
+    # In log space, with s = logit - log Z - log(m P_n): log h = -softplus(-s)
+    # and log(1 - h) = -softplus(s), exact and finite for any logit. A floor,
+    # log(h + eps), would scale a positive's gradient by h / (h + eps) and
+    # starve the hard positives (h near 0: a feature far from its bank entry,
+    # h ~ exp(logit) N / (m Z)); and exp(logit) itself overflows float32 past 88.
+    shift = log_normaliser + math.log(noise_logits.shape[1] / num_data)
+    log_h_pos = -F.softplus(shift - positive_logits)
+    log_not_h_noise = -F.softplus(noise_logits - shift)
     return -(log_h_pos + log_not_h_noise.sum(dim=1)).mean()
 
 

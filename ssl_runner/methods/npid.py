@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List
 
@@ -16,6 +17,15 @@ from ssl_runner.methods.base import BaseMethod, SSLStepOutput
 from ssl_runner.methods.registry import register_method
 from ssl_runner.models.momentum import MemoryBank
 from ssl_runner.views.recipe import view_recipe_from_config
+
+
+def nce_log_normaliser(positive_logits: Tensor, noise_logits: Tensor, num_data: int) -> float:
+    """log Z, the NCE normaliser, estimated from one batch as NPID's code does
+    (lemniscate.pytorch, lib/NCEAverage.py: Z = out.mean() * outputSize):
+    `num_data` x the mean of exp(v.f / tau) over the batch's N x (m + 1)
+    logits, the positive's column included. In log space: no overflow."""
+    logits = torch.cat([positive_logits[:, None], noise_logits], dim=1).detach().flatten().float()
+    return math.log(num_data) + float(torch.logsumexp(logits, dim=0)) - math.log(len(logits))
 
 
 @dataclass
@@ -41,8 +51,7 @@ class NPID(BaseMethod):
     `noise_samples` > 0, approximated by NCE (Eq. 5-7).
 
     For NCE, the normaliser Z is estimated once, from the first batch, as NPID's code
-    does (Z = N x mean exp(v.f / tau) over the noise samples), and kept in the
-    checkpoint.
+    does (`nce_log_normaliser`), and kept in the checkpoint.
     """
 
     not_exported = ("memory",)
@@ -72,13 +81,11 @@ class NPID(BaseMethod):
         positive_logits = (bank[indices] * f).sum(dim=1) / m.temperature
         noise_logits = torch.einsum("nkd,nd->nk", bank[noise], f) / m.temperature
         if torch.isnan(self.log_normaliser):
-            with torch.no_grad():
-                z = noise_logits.detach().exp().mean() * len(bank)
-                self.log_normaliser.fill_(float(torch.log(z)))
+            self.log_normaliser.fill_(nce_log_normaliser(positive_logits, noise_logits, len(bank)))
         loss = nce_loss(positive_logits, noise_logits, float(self.log_normaliser), len(bank))
         self.memory.update(indices, f, m.bank_momentum)
         return SSLStepOutput(loss=loss, features=h, embeddings=f,
                              logs={"log_normaliser": self.log_normaliser.detach().clone()})
 
 
-__all__ = ["NPID"]
+__all__ = ["NPID", "nce_log_normaliser"]

@@ -15,11 +15,13 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from ssl_runner.data.datasets import ImageSet
 from ssl_runner.data.loaders import eval_loader, labelled_train_loader, shuffled_loader
 from ssl_runner.views.recipe import ViewRecipe
 from ssl_runner.distributed import collectives
 from ssl_runner.errors import UserError
 from ssl_runner.eval.classifier import Classifier
+from ssl_runner.eval.features import standardise
 from ssl_runner.eval.nonlinear import FeatureMap, NonLinearHead
 from ssl_runner.methods import METHODS, BaseMethod
 from ssl_runner.models.backbones import TruncatedBackbone
@@ -49,15 +51,16 @@ def linear_on_features(ctx: RunContext, stage: str, stage_cfg: Any, f: Dict[str,
     labels), scored on the test features from its last epoch; `encoder_method`
     names the features' encoder in its curves' title."""
     module = Classifier(f["train"].shape[1], num_classes, stage_cfg)
+    train_features, test_features = standardise(f["train"], f["test"])
     # Every rank trains on all the cached features, in the same order, drawn
     # from (seed, epoch) (Lightning sets the sampler's epoch, also on resume),
     # so DDP averages identical gradients: the single-process result, exactly.
-    features = TensorDataset(f["train"], f["train_labels"], torch.arange(len(f["train"])))
+    features = TensorDataset(train_features, f["train_labels"], torch.arange(len(f["train"])))
     train = shuffled_loader(features, stage_cfg.batch_size, ctx.cfg.seed)
-    test = DataLoader(TensorDataset(f["test"], f["test_labels"], torch.arange(len(f["test"]))), batch_size=1024)
+    test = DataLoader(TensorDataset(test_features, f["test_labels"], torch.arange(len(f["test"]))), batch_size=1024)
     trainer, metrics = fit_stage(ctx, stage, module, stage_cfg.epochs, train, test=test,
                                  use_distributed_sampler=False)
-    return {**classifier_result(trainer, metrics, stage, stage_cfg), "features": "cached, unaugmented",
+    return {**classifier_result(trainer, metrics, stage, stage_cfg), "features": "cached, unaugmented, standardised",
             **classifier_curves(ctx, stage, stage_cfg.epochs, encoder_method)}
 
 
@@ -77,14 +80,15 @@ def eval_recipe(ctx: RunContext) -> ViewRecipe:
     return ViewRecipe.simclr(size=d.image_size, mean=list(d.mean), std=list(d.std), jitter_p=0.0, grayscale_p=0.0)
 
 
-def fit_on_images(ctx: RunContext, stage: str, stage_cfg: Any, module: Classifier) -> Tuple[L.Trainer,
-                                                                                            Dict[str, float]]:
-    """Train `module` on the training images for the stage's epochs, then
-    score it on the test split."""
+def fit_on_images(ctx: RunContext, stage: str, stage_cfg: Any, module: Classifier,
+                  train_images: Optional[ImageSet] = None) -> Tuple[L.Trainer, Dict[str, float]]:
+    """Train `module` on `train_images` (default: the training split) for the
+    stage's epochs, then score it on the test split."""
     world = collectives.world_size()
     # The stage's batch size is its global batch, as on one device; each rank
-    # trains on its share of the images.
-    train = labelled_train_loader(ctx.cfg.data, ctx.train_images, module.recipe, stage_cfg.batch_size // world,
+    # trains on its share of the images (the last batch is kept, however small).
+    images = ctx.train_images if train_images is None else train_images
+    train = labelled_train_loader(ctx.cfg.data, images, module.recipe, stage_cfg.batch_size // world,
                                   seed=ctx.cfg.seed, world_size=world, rank=collectives.rank())
     # Every rank scores the whole test split: no padded duplicates in the accuracy.
     test = eval_loader(ctx.cfg.data, ctx.test_images, stage_cfg.batch_size)
@@ -92,19 +96,31 @@ def fit_on_images(ctx: RunContext, stage: str, stage_cfg: Any, module: Classifie
 
 
 def _classifier_stage(ctx: RunContext, stage: str, train_encoder: bool) -> Dict[str, Any]:
-    cfg, stage_cfg = ctx.cfg, ctx.cfg.eval[stage]
+    stage_cfg = ctx.cfg.eval[stage]
     enc = ctx.encoder()
-    d = cfg.data
     if not (stage_cfg.augment or train_encoder):
         return {**linear_on_features(ctx, stage, stage_cfg, ctx.features(enc.backbone), ctx.num_classes,
                                      enc.method), "encoder_checkpoint": enc.path}
-    if train_encoder and cfg.trainer.sync_batchnorm:
-        convert_batchnorm(enc.backbone, ctx.device.type)
-    module = Classifier(enc.backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=enc.backbone,
-                        train_encoder=train_encoder, recipe=eval_recipe(ctx), mean=list(d.mean), std=list(d.std))
-    trainer, metrics = fit_on_images(ctx, stage, stage_cfg, module)
-    return {**classifier_result(trainer, metrics, stage, stage_cfg), "features": "augmented images",
+    trainer, metrics = classifier_on_images(ctx, stage, stage_cfg, enc.backbone, train_encoder)
+    images = "augmented" if stage_cfg.augment else "unaugmented"
+    return {**classifier_result(trainer, metrics, stage, stage_cfg), "features": f"{images} images",
             "encoder_checkpoint": enc.path, **classifier_curves(ctx, stage, stage_cfg.epochs, enc.method)}
+
+
+def classifier_on_images(ctx: RunContext, stage: str, stage_cfg: Any, backbone: torch.nn.Module,
+                         train_encoder: bool, train_images: Optional[ImageSet] = None) -> Tuple[L.Trainer,
+                                                                                               Dict[str, float]]:
+    """A new linear head on `backbone`, trained with it (`train_encoder`:
+    fine-tuning) or on its frozen features, on `train_images` (default: the
+    training split; crop + flip with `stage_cfg.augment`), then scored on
+    the test split."""
+    d = ctx.cfg.data
+    if train_encoder and ctx.cfg.trainer.sync_batchnorm:
+        convert_batchnorm(backbone, ctx.device.type)
+    module = Classifier(backbone.feature_dim, ctx.num_classes, stage_cfg, encoder=backbone,
+                        train_encoder=train_encoder, recipe=eval_recipe(ctx) if stage_cfg.augment else None,
+                        mean=list(d.mean), std=list(d.std))
+    return fit_on_images(ctx, stage, stage_cfg, module, train_images)
 
 
 def linear(ctx: RunContext) -> Dict[str, Any]:

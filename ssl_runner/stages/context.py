@@ -12,9 +12,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from ssl_runner.data.archives import data_reference, named_data_config
 from ssl_runner.data.datasets import ImageSet, load_split
 from ssl_runner.data.loaders import EpochShuffle
 from ssl_runner.distributed import collectives
@@ -27,6 +28,16 @@ from ssl_runner.checkpoints import read_position, resume_path
 from ssl_runner.training import build_trainer, epoch_record, finish_loggers
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TransferTarget:
+    """A data set of eval.transfer: its data config, as the encoder reads
+    it, and its labelled train and test splits."""
+
+    data: DictConfig
+    train: ImageSet
+    test: ImageSet
 
 
 @dataclass
@@ -52,6 +63,38 @@ class RunContext:
             raise UserError(f"the test split under {self.cfg.data.root} has no class folders, so kNN and linear "
                             "evaluation have nothing to score. Arrange it as test/<class>/<images>.")
         return images
+
+    @cached_property
+    def pretrain_images(self) -> ImageSet:
+        """What pretraining learns from: data.pretrain_split (STL-10's
+        train+unlabeled), else the train split, which evaluation reads."""
+        split = self.cfg.data.pretrain_split
+        if split in (None, "train"):
+            return self.train_images
+        return load_split(self.cfg.data, split, self.cfg.seed)
+
+    @cached_property
+    def transfer_targets(self) -> Dict[str, TransferTarget]:
+        """eval.transfer's data sets, by their names there, each decoded once."""
+        return {target: self._transfer_target(target) for target in self.cfg.eval.transfer}
+
+    def _transfer_target(self, target: str) -> TransferTarget:
+        d, e = self.cfg.data, self.cfg.eval
+        # Images at the pretraining data's side, normalised with its mean and
+        # std: the encoder's weights (and its BatchNorm statistics) were
+        # learnt on inputs with those statistics, and a frozen evaluation
+        # measures its features, not how it copes with inputs on another scale.
+        data = OmegaConf.merge(named_data_config(*data_reference(target)), dict(
+            image_size=d.image_size, mean=list(d.mean), std=list(d.std), eval_batch_size=d.eval_batch_size,
+            subset=e.transfer_subset, test_subset=e.transfer_test_subset, pretrain_split=None,
+            decode_cache=d.decode_cache, cache_dir=d.cache_dir))
+        train = load_split(data, "train", self.cfg.seed)
+        test = load_split(data, "test", self.cfg.seed, classes=train.classes if train.has_labels else None)
+        if not (train.has_labels and test.has_labels):
+            raise UserError(f"the transfer target '{target}' at {data.root} has unlabelled images, so kNN and the "
+                            "linear probe have no classes to score. Arrange it as train/<class>/<images> and "
+                            "test/<class>/<images>, or remove it from eval.transfer.")
+        return TransferTarget(data, train, test)
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +162,8 @@ def fit_stage(ctx: RunContext, stage: str, module: L.LightningModule, max_epochs
     if ckpt:
         assert position is not None
         log.info("%s: resuming from %s (saved at %s)", stage, ckpt, position.describe(len(train)))
-        ctx.manifest.data["stages"][stage]["resumed_from"] = str(Path(ckpt).relative_to(ctx.run_dir))
+        # A stage's sub-folder (transfer/<target>) records under the stage.
+        ctx.manifest.data["stages"][stage.split("/")[0]]["resumed_from"] = str(Path(ckpt).relative_to(ctx.run_dir))
         ctx.manifest.save()
     try:
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt)

@@ -11,12 +11,13 @@ from ssl_runner.data.datasets import ImageSet, resize_center_crop
 from ssl_runner.data.loaders import eval_loader, pretrain_loader
 from ssl_runner.distributed import collectives
 from ssl_runner.distributed.batch import batch_sizes
+from ssl_runner.label_free_monitor import label_free_callbacks, label_free_result
 from ssl_runner.methods import METHODS, build_method
 from ssl_runner.models.global_batchnorm import convert_batchnorm, count_synchronised
 from ssl_runner.monitors import pretrain_callbacks, seconds_to_first_step
 from ssl_runner.plots import PRETRAIN_PANELS, VIEW_IMAGES, curves_figure, plots_enabled, save_figure, views_figure
 from ssl_runner.stages.context import RunContext, fit_stage
-from ssl_runner.stages.registry import ENCODER, TEST_SPLIT, TRAIN_SPLIT, Stage, register_stage
+from ssl_runner.stages.registry import ENCODER, PRETRAIN_SPLIT, TEST_SPLIT, TRAIN_SPLIT, Stage, register_stage
 from ssl_runner.training import epoch_record
 
 # Test images the pretext methods' image grids show.
@@ -34,12 +35,15 @@ def spread_images(images: ImageSet, count: int, size: int) -> torch.Tensor:
 def pretrain(ctx: RunContext) -> Dict[str, Any]:
     cfg = ctx.cfg
     world_size = collectives.world_size()
-    # The images pretraining iterates over: the whole split unless the method picks a subset (Exemplar-CNN).
+    # The images pretraining iterates over: the whole pretrain split (data.pretrain_split, else train)
+    # unless the method picks a subset (Exemplar-CNN).
     method_cls = METHODS[cfg.method.name][0]
-    pretrain_images = method_cls.pretrain_images(cfg, len(ctx.train_images))
+    pretrain_images = method_cls.pretrain_images(cfg, len(ctx.pretrain_images))
     subset = pretrain_images.indices
-    images = ctx.train_images if subset is None else ctx.train_images.select(subset)
-    method = build_method(cfg, ctx.num_classes if ctx.train_images.has_labels else 0, len(images))
+    images = ctx.pretrain_images if subset is None else ctx.pretrain_images.select(subset)
+    # The online probe trains on the pretraining images' labels: none when any
+    # lacks one (an unlabelled folder, STL-10's train+unlabeled).
+    method = build_method(cfg, ctx.num_classes if images.has_labels else 0, len(images))
     method.fit_statistics(images)
     if cfg.trainer.sync_batchnorm:
         convert_batchnorm(method, ctx.device.type)
@@ -54,8 +58,9 @@ def pretrain(ctx: RunContext) -> Dict[str, Any]:
     every = cfg.monitor.knn_every_n_epochs
     if every > 0 and ctx.train_images.has_labels:
         val = [eval_loader(cfg.data, ctx.train_images), eval_loader(cfg.data, ctx.test_images)]
+    callbacks = [*pretrain_callbacks(cfg, ctx.num_classes), *label_free_callbacks(cfg, ctx.train_images)]
     trainer, metrics = fit_stage(ctx, "pretrain", method, cfg.trainer.max_epochs, train, val,
-                                 callbacks=pretrain_callbacks(cfg, method.num_classes), check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
+                                 callbacks=callbacks, check_val_every_n_epoch=max(1, every), limit_val_batches=1.0 if val else 0)
     encoder = ctx.run_dir / "pretrain" / "encoder.pt"
     artifacts: List[str] = []
     if collectives.is_main_process():
@@ -89,13 +94,14 @@ def pretrain(ctx: RunContext) -> Dict[str, Any]:
         result["artifacts"] = [f"pretrain/{name}" for name in artifacts]
     if plots:
         result["plots"] = plots
-    if subset is not None:
+    if subset is not None or cfg.data.pretrain_split:
         result.update(pretrain_images=len(images), samples_per_epoch=len(train.dataset))
-    return {k: v for k, v in result.items() if v is not None}
+    # The label-free monitors' figures stay when not finite: null says the measure failed.
+    return {**{k: v for k, v in result.items() if v is not None}, **label_free_result(trainer)}
 
 
 # Reads the test split too: the kNN monitor and the image grids.
-register_stage(Stage("pretrain", pretrain, reads=(TRAIN_SPLIT, TEST_SPLIT),
+register_stage(Stage("pretrain", pretrain, reads=(PRETRAIN_SPLIT, TRAIN_SPLIT, TEST_SPLIT),
                      writes=("checkpoints/last.ckpt", "metrics.csv", "encoder.pt", "<method's image grids>.png",
                              "curves.png", "views.png"),
                      provides=(ENCODER,)))

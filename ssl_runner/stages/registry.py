@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 # export, else checkpoint=PATH); the splits are decoded before the first stage
 # runs, so that missing data fails before anything is recorded.
 ENCODER, TRAIN_SPLIT, TEST_SPLIT = "encoder", "train split", "test split"
+# data.pretrain_split (STL-10's train+unlabeled; the train split when unset)
+# and eval.transfer's data sets, decoded before the first stage too.
+PRETRAIN_SPLIT, TRANSFER_DATA = "pretrain split", "transfer data"
+# The RunContext property that decodes each kind of data a stage reads.
+DATA_READS = {TRAIN_SPLIT: "train_images", TEST_SPLIT: "test_images", PRETRAIN_SPLIT: "pretrain_images",
+              TRANSFER_DATA: "transfer_targets"}
 
 
 @dataclass(frozen=True)

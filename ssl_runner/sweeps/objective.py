@@ -1,10 +1,11 @@
 """The number a job returns to its sweeper: one value of its `summary.json`,
 chosen by `objective.key` (a dotted path, e.g. `stages.knn.top1`,
-`baseline.linear_random_init.top1`, `stages.pretrain.loss`; `auto`: the
-top-1 of the last stage that reports one), with `objective.direction`
-saying whether larger is better. A job that failed, diverged or lacks the
-value returns None: the sweeper records a failed trial, never a made-up
-number."""
+`baseline.linear_random_init.top1`, `stages.pretrain.loss`, the label-free
+`stages.pretrain.rankme` (maximize), `.alignment` or `.uniformity`
+(minimize); `auto`: the top-1 of the last stage that reports one), with
+`objective.direction` saying whether larger is better. A job that failed,
+diverged or lacks the value returns None: the sweeper records a failed
+trial, never a made-up number."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 from typing import Any, Dict, Optional, Sequence
 
 from ssl_runner.errors import UserError
+from ssl_runner.eval.label_free import LABEL_FREE_MEASURES
 
 AUTO = "auto"
 DIRECTIONS = ("maximize", "minimize")
@@ -42,8 +44,19 @@ def check_objective(key: str, direction: str, stages: Sequence[str], baselines: 
     if len(parts) < 3 or parts[1] not in planned:
         raise UserError(
             f"objective.key={key!r} names no value this run reports: under {parts[0]}, summary.json holds "
-            f"{', '.join(planned) or 'nothing'} (each with top1 or loss). Use e.g. objective.key="
+            f"{', '.join(planned) or 'nothing'} (each with top1; pretrain with loss, rankme, alignment, "
+            f"uniformity). Use e.g. objective.key="
             f"{parts[0]}.{(list(planned) or ['knn'])[-1]}.top1, or objective.key=auto for the last stage's top-1.")
+
+
+def check_label_free_objective(key: str, label_free: bool) -> None:
+    """A key naming a label-free monitor's figure (stages.pretrain.rankme,
+    .alignment, .uniformity) needs the monitor on (validation.py asks)."""
+    parts = key.split(".")
+    if parts[:2] == ["stages", "pretrain"] and len(parts) == 3 and parts[2] in LABEL_FREE_MEASURES and not label_free:
+        raise UserError(
+            f"objective.key={key!r} is a label-free monitor's figure, but monitor.label_free=false, so the "
+            f"pretrain stage does not measure it. Set monitor.label_free=true, or choose another objective.key.")
 
 
 def lookup(summary: Dict[str, Any], key: str) -> Any:

@@ -216,7 +216,7 @@ def test_smoke_run_saves_the_colour_grid_and_the_loss_goes_down(cifar_root, tmp_
     from PIL import Image
 
     run = tmp_path / "run"
-    summary, rows = run_method_cli(cifar_root, run, "method=colorization")
+    summary, rows = run_method_cli(cifar_root, run, "method=colorization", "eval.random_baseline=false")
     grid = run / "pretrain" / "colorization_grid.png"
     assert grid.is_file() and summary["stages"]["pretrain"]["artifacts"] == ["pretrain/colorization_grid.png"]
     # make_grid: 3 rows of 8 images of 32 px, 2 px of padding around each.

@@ -233,7 +233,7 @@ def test_smoke_run_writes_the_grid_and_the_reconstruction_loss_falls(cifar_root,
     """The issue's command: exit 0, kNN and linear above chance (run_method_cli), the grid listed as an
     artifact, the training loss lower in the second epoch than in the first."""
     run_dir = tmp_path / "run"
-    summary, rows = run_method_cli(cifar_root, run_dir, "method=context_encoder")
+    summary, rows = run_method_cli(cifar_root, run_dir, "method=context_encoder", "eval.random_baseline=false")
     assert summary["stages"]["pretrain"]["artifacts"] == [f"pretrain/{GRID_FILE}"]
     assert read_image(str(run_dir / "pretrain" / GRID_FILE)).shape == (3, 3 * 34 + 2, 8 * 34 + 2)
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]

@@ -336,8 +336,9 @@ def test_a_killed_rank_ends_the_run_with_a_message_and_the_rerun_resumes(tmp_pat
     import subprocess
 
     run_dir = tmp_path / "killed"
-    args = ["method=simclr", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=4",
-            "eval.random_baseline=false", "trainer.collective_timeout_s=30", f"hydra.run.dir={run_dir}"]
+    args = ["method=simclr", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=3",
+            "data.subset=1024", "pipeline.stages=[pretrain,knn]", "eval.random_baseline=false",
+            "trainer.collective_timeout_s=30", f"hydra.run.dir={run_dir}"]
     proc = _cli(args, tmp_path, cifar_root.parent, popen=True)
     ckpt = run_dir / "pretrain" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
@@ -356,7 +357,7 @@ def test_a_killed_rank_ends_the_run_with_a_message_and_the_rerun_resumes(tmp_pat
     again = _cli(args, tmp_path, cifar_root.parent)
     assert again.returncode == 0, again.stderr[-3000:]
     pretrain = json.loads((run_dir / "summary.json").read_text())["stages"]["pretrain"]
-    assert pretrain["status"] == "done" and pretrain["epochs"] == 4
+    assert pretrain["status"] == "done" and pretrain["epochs"] == 3
     assert pretrain["resumed_from"] == "pretrain/checkpoints/last.ckpt"
 
 
@@ -392,12 +393,15 @@ def test_moco_queue_under_ddp_wraps_around_is_gathered_and_comes_back_on_resume(
     assert not torch.equal(after["key_encoder.net.0.conv1.weight"], before["key_encoder.net.0.conv1.weight"])
 
 
-@pytest.mark.parametrize("method", ["simsiam", "byol", "npid"])
+# BYOL's EMA target is the momentum pair MoCo's test above runs on two
+# processes; SimSiam keeps no state. Both left this test in issue 18 to keep
+# the suite under 20 minutes.
+@pytest.mark.parametrize("method", ["npid"])
 def test_every_stateful_method_runs_the_chained_stages_on_two_processes(tmp_path, cifar_root, method):
-    """The smoke preset on two gloo processes for the other stateful methods
-    (MoCo has the test above; LooC's queues are MoCo's KeyQueue, and its own
-    file runs it end to end): a summary of the whole chain, from two
-    processes, with evaluation scores above chance."""
+    """The smoke preset on two gloo processes for the stateful methods
+    without a test of their own (MoCo has the test above; LooC's queues are
+    MoCo's KeyQueue, and its own file runs it end to end): a summary of the
+    whole chain, from two processes, with evaluation scores above chance."""
     import json
 
     run_dir = tmp_path / method
@@ -422,13 +426,14 @@ PRETEXT_HEADS = {"rotnet": "rotation_classifier.", "jigsaw": "classifier.", "rel
 SCALE_UNSTABLE_AFTER_EIGHT_STEPS = {"counting"}
 
 
-# The pretext methods with machinery of their own across processes: counting's
-# two-branch loss, PIRL's memory bank (and the jigsaw views it shares with
-# Jigsaw), the context encoder's second (adversarial) optimizer, Exemplar's
-# seed dataset. RotNet, Jigsaw, relative location and colorization are a head
-# and a loss on the same loop; their own files run them end to end on one
-# process (the suite must stay under 20 minutes on 2 cores).
-DISTRIBUTED_PRETEXT = ["context_encoder", "counting", "exemplar", "pirl"]
+# The pretext methods with machinery of their own across processes: PIRL's
+# memory bank (and the jigsaw views it shares with Jigsaw), the context
+# encoder's second (adversarial) optimizer. Counting's two-branch loss and
+# Exemplar's seed dataset left in issue 18 (Exemplar's seeds on every rank
+# keep their own test in test_exemplar.py); RotNet, Jigsaw, relative location
+# and colorization are a head and a loss on the same loop. Their own files run
+# them end to end on one process (the suite must stay under 20 minutes on 2 cores).
+DISTRIBUTED_PRETEXT = ["context_encoder", "pirl"]
 
 
 @pytest.mark.parametrize("method", DISTRIBUTED_PRETEXT)
@@ -485,7 +490,8 @@ def test_two_nodes_on_localhost_through_torchrun(tmp_path, cifar_root):
     run_dir = tmp_path / "two_nodes"
     port = launch._free_port()
     args = ["method=simclr", "data=cifar10", "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=1",
-            "trainer.num_nodes=2", "eval.random_baseline=false", f"hydra.run.dir={run_dir}"]
+            "trainer.num_nodes=2", "data.subset=1024", "trainer.max_epochs=1", "eval.random_baseline=false",
+            f"hydra.run.dir={run_dir}"]
     nodes = [
         _cli(args, tmp_path, cifar_root.parent, popen=True, launcher=[
             sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",

@@ -353,6 +353,6 @@ def test_jigsaw_smoke_run_completes(cifar_root, tmp_path):
     """The issue's command: exit 0 and a complete summary, the puzzle accuracy logged."""
     from conftest import run_method_cli
 
-    _, rows = run_method_cli(cifar_root, tmp_path / "p-jigsaw", "method=jigsaw",
+    _, rows = run_method_cli(cifar_root, tmp_path / "p-jigsaw", "method=jigsaw", "eval.random_baseline=false",
                              extra_env={"SSL_RUNNER_CACHE": str(tmp_path / "cache")})
     assert len([r for r in rows if r["train/permutation_top1"]]) == 2

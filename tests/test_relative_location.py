@@ -230,5 +230,5 @@ def test_relative_loc_smoke_run_completes(cifar_root, tmp_path):
     """The issue's command: exit 0 and a complete summary, the location accuracy logged."""
     from conftest import run_method_cli
 
-    _, rows = run_method_cli(cifar_root, tmp_path / "p-relative_loc", "method=relative_loc")
+    _, rows = run_method_cli(cifar_root, tmp_path / "p-relative_loc", "method=relative_loc", "eval.random_baseline=false")
     assert len([r for r in rows if r["train/location_top1"]]) == 2

@@ -19,7 +19,7 @@ from ssl_runner.expected import compare, expected_file, load_expectations
 from ssl_runner.reproduce import main as reproduce
 
 # Small and quick: the reproduce machinery is the point, not the figures.
-QUICK = ["data.subset=600", "data.test_subset=300", "trainer.max_epochs=1", "pipeline.stages=[pretrain,knn]",
+QUICK = ["data.subset=400", "data.test_subset=200", "trainer.max_epochs=1", "pipeline.stages=[pretrain,knn]",
          "eval.random_baseline=false", "pipeline.plots=false", "monitor.knn_every_n_epochs=0"]
 
 
@@ -47,7 +47,7 @@ def test_reproduce_two_recipes_two_seeds_shows_a_wrong_expectation_as_fail(cifar
     assert rows["mocov1"]["delta"] == f"{statistics.fmean(got) - 99.0:+.2f}"
     markdown = (out / "reproduce.md").read_text()
     assert "| mocov1 | stages.knn.top1 | 2 | 0 1 | 99.00 ± 0.10 |" in markdown and "FAIL" in markdown
-    assert "data.subset=600" in markdown  # the overrides are said
+    assert "data.subset=400" in markdown  # the overrides are said
     # Rerun: every run is already done, the same table comes back.
     capsys.readouterr()
     assert reproduce(args) == 1

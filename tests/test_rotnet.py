@@ -52,6 +52,6 @@ def test_every_image_appears_in_all_four_rotations_of_its_batch(cifar_root):
 def test_smoke_run_completes_and_logs_the_rotation_accuracy(cifar_root, tmp_path):
     """The issue's command: exit 0, a complete summary, the pretext accuracy in
     the metrics (whether RotNet learns is shown by experiment=cifar10_cpu)."""
-    _, rows = run_method_cli(cifar_root, tmp_path / "p-rotnet", "method=rotnet")
+    _, rows = run_method_cli(cifar_root, tmp_path / "p-rotnet", "method=rotnet", "eval.random_baseline=false")
     accuracy = [float(r["train/rotation_top1"]) for r in rows if r["train/rotation_top1"]]
     assert len(accuracy) == 2 and all(0.0 <= a <= 100.0 for a in accuracy)

@@ -100,6 +100,21 @@ def header(preset: str, seeds: Sequence[int], overrides: Sequence[str], expected
             f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.")
 
 
+def publish(out: Path, target: Path, methods: Sequence[str], seeds: Sequence[int]) -> None:
+    """The tables and the figures behind them, without the checkpoints: what
+    docs/results/ keeps of a reproduction."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("reproduce.md", "reproduce.csv"):
+        write_text(target / name, (out / name).read_text())
+    for method in methods:
+        for seed in seeds:
+            run_dir = run_folder(out, method, seed)
+            (target / run_dir.name).mkdir(exist_ok=True)
+            for name in (SUMMARY, "config.yaml"):
+                if (run_dir / name).is_file():
+                    write_text(target / run_dir.name / name, (run_dir / name).read_text())
+
+
 def csv_text(rows: Sequence[Comparison]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
@@ -138,6 +153,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<preset>")
     parser.add_argument("--expected", type=Path, default=None, help="default: conf/expected/<preset>.yaml")
+    parser.add_argument("--publish", type=Path, default=None,
+                        help="also copy the tables and each run's summary.json and config.yaml (no checkpoints) "
+                             "there, e.g. docs/results/reproduce_<preset>")
     parser.add_argument("--record", action="store_true",
                         help="write the expectations from these runs (CPU presets): mean over the seeds, "
                              f"tolerance max({TOLERANCE_STDS} std, {TOLERANCE_FLOOR})")
@@ -169,6 +187,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_text(out / "reproduce.md", text)
     write_text(out / "reproduce.csv", csv_text(rows))
     print(text)
+    if args.publish is not None:
+        publish(out, args.publish, methods, args.seeds)
     if args.record:
         command = " ".join(["python -m ssl_runner.reproduce", *(sys.argv[1:] if argv is None else argv)])
         write_text(expected_path, recorded_expectations(args.preset, rows, command))

@@ -48,9 +48,13 @@ def test_reproduce_two_recipes_two_seeds_shows_a_wrong_expectation_as_fail(cifar
     markdown = (out / "reproduce.md").read_text()
     assert "| mocov1 | stages.knn.top1 | 2 | 0 1 | 99.00 ± 0.10 |" in markdown and "FAIL" in markdown
     assert "data.subset=400" in markdown  # the overrides are said
-    # Rerun: every run is already done, the same table comes back.
+    # Rerun: every run is already done, the same table comes back; --publish keeps the tables and figures.
     capsys.readouterr()
-    assert reproduce(args) == 1
+    assert reproduce([*args[:-len(QUICK) - 1], "--publish", str(tmp_path / "docs"), "--", *QUICK]) == 1
+    kept = sorted(str(p.relative_to(tmp_path / "docs")) for p in (tmp_path / "docs").rglob("*") if p.is_file())
+    assert kept == ["mocov1_seed0/config.yaml", "mocov1_seed0/summary.json", "mocov1_seed1/config.yaml",
+                    "mocov1_seed1/summary.json", "reproduce.csv", "reproduce.md", "simclr_seed0/config.yaml",
+                    "simclr_seed0/summary.json", "simclr_seed1/config.yaml", "simclr_seed1/summary.json"]
     assert "already done" in capsys.readouterr().err
     assert (out / "reproduce.md").read_text().split("\n", 1)[1] == markdown.split("\n", 1)[1]
 

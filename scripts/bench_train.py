@@ -2,7 +2,7 @@
 against a lightly-based Lightning SimCLR, same model, batch, optimizer and
 precision, each measured in a fresh process (as each is run by its users).
 
-    SSL_RUNNER_DATA=../shared/data python scripts/bench_train.py [--batch 256] [--steps 4] [--warmup 2]
+    SSL_RUNNER_DATA=../shared/data python scripts/bench_train.py [--batch 256] [--steps 4] [--warmup 2] [--repeats 3]
 
 Both sides: the CIFAR ResNet-18 (3x3 stem, no max-pool) from
 `ssl_runner.models.backbones`, the projection head Linear(512, 512)-BN-ReLU-
@@ -20,8 +20,12 @@ Lightning `Trainer` on the CPU with every core, no logger or checkpoint.
   counts.
 
 Throughput is steady state: images/s over `--steps` optimizer steps after
-`--warmup` steps, data loading included. The last line is ratio=R (ours /
-the faster peer; higher is better). Also prints, for
+`--warmup` steps, data loading included. Each side is measured `--repeats`
+times, interleaved (ours, lightly with 0 workers, with 2, ours, ...), each
+in a fresh process; each precision prints the machine-independent summary:
+every side's median and range and the ratio of medians against the faster
+peer. The last line is ratio=R (that ratio at the first precision; higher is
+better). Also prints, for
 `python -m ssl_runner method=simclr experiment=smoke`, the seconds from process
 start to the first optimizer step (second of two runs, so the OS file cache
 is warm) and the run's peak resident memory.
@@ -32,8 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,40 +52,75 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Throughput(Callback):
-    """Images per second between the end of step `warmup` and the end of step `warmup + steps`."""
+    """Images per second between the end of step `warmup` and the end of step
+    `warmup + steps` (on a GPU, after its queued work is done), and on a GPU
+    the busy % that NVML reports over those steps (the share of time a kernel
+    was running), sampled every 20 ms."""
 
     def __init__(self, warmup: int, steps: int, batch: int) -> None:
         self.warmup, self.steps, self.batch = warmup, steps, batch
         self.start = self.end = 0.0
+        self.busy_samples: list = []
+        self._sampling = False
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def _sample_busy(self) -> None:
+        while self._sampling:
+            try:
+                self.busy_samples.append(torch.cuda.utilization())
+            except Exception:  # no NVML binding: no busy figure
+                return
+            time.sleep(0.02)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.warmup - 1:
+            self._sync()
             self.start = time.perf_counter()
+            if torch.cuda.is_available():
+                import threading
+
+                self._sampling = True
+                threading.Thread(target=self._sample_busy, daemon=True).start()
         elif batch_idx == self.warmup + self.steps - 1:
+            self._sync()
             self.end = time.perf_counter()
+            self._sampling = False
 
     @property
     def images_per_second(self) -> float:
         return self.steps * self.batch / (self.end - self.start)
 
+    @property
+    def busy_percent(self):
+        return sum(self.busy_samples) / len(self.busy_samples) if self.busy_samples else None
 
-def fit(module: L.LightningModule, loader, warmup: int, steps: int, batch: int, precision: str) -> float:
+
+def fit(module: L.LightningModule, loader, warmup: int, steps: int, batch: int, precision: str,
+        accelerator: str = "cpu") -> dict:
     timer = Throughput(warmup, steps, batch)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=warmup + steps,
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=1, limit_train_batches=warmup + steps,
                         precision=precision,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=loader)
-    return timer.images_per_second
+    return {"images_per_second": round(timer.images_per_second, 1), "gpu_busy_percent": timer.busy_percent}
 
 
-def backbone_and_head(channels_last: bool):
+# The backbones a measurement can use (--backbone): the CIFAR ResNet-18 of the
+# figures, and resnet_tiny for the GPU check's reduced CPU form.
+BACKBONES = {"resnet18": dict(name="resnet18", depth=18), "resnet_tiny": dict(name="resnet_tiny", depth=10, width=0.25)}
+
+
+def backbone_and_head(channels_last: bool, backbone_name: str = "resnet18"):
     from ssl_runner.config import BackboneConfig
     from ssl_runner.models.backbones import build_backbone
     from ssl_runner.models.heads import MLPHead
 
     torch.manual_seed(0)
-    backbone = build_backbone(BackboneConfig(name="resnet18", depth=18), 32).use_channels_last(channels_last)
+    backbone = build_backbone(BackboneConfig(**BACKBONES[backbone_name]), 32).use_channels_last(channels_last)
     return backbone, MLPHead([backbone.feature_dim, 512, 128])
 
 
@@ -89,7 +128,8 @@ def sgd(params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.06, momentum=0.9, weight_decay=5e-4)
 
 
-def peer_throughput(data_root: Path, batch: int, workers: int, warmup: int, steps: int, precision: str) -> float:
+def peer_throughput(data_root: Path, batch: int, workers: int, warmup: int, steps: int, precision: str,
+                    accelerator: str = "cpu", backbone_name: str = "resnet18") -> dict:
     from lightly.loss import NTXentLoss
     from lightly.transforms import SimCLRTransform
     from torchvision.datasets import ImageFolder
@@ -99,7 +139,7 @@ def peer_throughput(data_root: Path, batch: int, workers: int, warmup: int, step
     class LightlySimCLR(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.backbone, self.projection_head = backbone_and_head(channels_last=False)
+            self.backbone, self.projection_head = backbone_and_head(False, backbone_name)
             self.criterion = NTXentLoss(temperature=0.5)
 
         def training_step(self, batch, batch_idx):
@@ -117,12 +157,13 @@ def peer_throughput(data_root: Path, batch: int, workers: int, warmup: int, step
                                 normalize={"mean": CIFAR10_MEAN, "std": CIFAR10_STD})
     dataset = ImageFolder(str(data_root / "cifar10" / "train"), transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
-    return fit(LightlySimCLR(), loader, warmup, steps, batch, precision)
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=accelerator == "gpu")
+    return fit(LightlySimCLR(), loader, warmup, steps, batch, precision, accelerator)
 
 
 def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precision: str,
-                    compile_modules: bool = False) -> float:
+                    compile_modules: bool = False, accelerator: str = "cpu", backbone_name: str = "resnet18") -> dict:
     from hydra import compose, initialize_config_dir
 
     from ssl_runner.__main__ import config_dir
@@ -133,8 +174,9 @@ def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precis
     from ssl_runner.stages import stage_names
     from ssl_runner.runtime import keep_freed_memory
 
-    overrides = ["method=simclr", "backbone=resnet18", f"data.root={data_root / 'cifar10'}",
-                 f"data.subset={batch * (warmup + steps + 1)}", f"data.batch_size={batch}", "trainer=cpu",
+    overrides = ["method=simclr", f"backbone={backbone_name}", f"data.root={data_root / 'cifar10'}",
+                 f"data.subset={batch * (warmup + steps + 1)}", f"data.batch_size={batch}",
+                 "trainer=gpu" if accelerator == "gpu" else "trainer=cpu",
                  "monitor.online_probe=false", "monitor.knn_every_n_epochs=0", "monitor.collapse=false"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = validate(compose(config_name="config", overrides=overrides), METHODS, stage_names())
@@ -146,8 +188,10 @@ def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precis
         for module in method.ssl_modules().values():
             module.compile()
     images = load_split(cfg.data, "train", cfg.seed)
-    loader = pretrain_loader(cfg.data, images, method.view_maker, batch_size=batch)
-    return fit(method, loader, warmup, steps, batch, precision)
+    # On a GPU the images are held there and batches drawn without a DataLoader, as the runner does.
+    device = torch.device("cuda") if accelerator == "gpu" else None
+    loader = pretrain_loader(cfg.data, images, method.view_maker, batch_size=batch, device=device)
+    return fit(method, loader, warmup, steps, batch, precision, accelerator)
 
 
 def decode_cache_seconds(data_root: Path) -> tuple[float, float]:
@@ -193,7 +237,7 @@ def measure_in_fresh_process(args: argparse.Namespace, side: str, precision: str
     if compile_modules:
         cmd.append("--compile")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])["images_per_second"]
 
 
 def main() -> None:
@@ -202,10 +246,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peer-workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of each side, interleaved")
     parser.add_argument("--compile", action="store_true", help="also measure ours with torch.compile")
     parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"],
                         help="Lightning precisions, each run on both sides; the first gives the ratio line")
-    parser.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)  # one measurement, internal
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
+                        help="with --side: where one measurement runs (scripts/gpu_check.py measures on a GPU)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
+    # One measurement, printed as a JSON line (images_per_second, gpu_busy_percent):
+    # what the comparison below and scripts/gpu_check.py start in fresh processes.
+    parser.add_argument("--side", choices=["ours", "peer"])
     args = parser.parse_args()
     data_root = Path(os.environ.get("SSL_RUNNER_DATA", "../shared/data")).resolve()
     import logging
@@ -215,36 +265,37 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
     if args.side == "ours":
-        print(ours_throughput(data_root, args.batch, args.warmup, args.steps, args.precision[0], args.compile))
+        print(json.dumps(ours_throughput(data_root, args.batch, args.warmup, args.steps, args.precision[0],
+                                         args.compile, args.accelerator, args.backbone)))
         return
     if args.side == "peer":
-        print(peer_throughput(data_root, args.batch, args.peer_workers[0], args.warmup, args.steps,
-                              args.precision[0]))
+        print(json.dumps(peer_throughput(data_root, args.batch, args.peer_workers[0], args.warmup, args.steps,
+                                         args.precision[0], args.accelerator, args.backbone)))
         return
 
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
-          f"threads, torch {torch.__version__}, batch {args.batch} (x2 views), {args.warmup} warm-up + "
-          f"{args.steps} timed steps, each measurement in a fresh process")
+    from bench_common import interleaved, machine_line, report
+
+    print(f"{machine_line()}; batch {args.batch} (x2 views), {args.warmup} warm-up + {args.steps} timed steps, "
+          f"{args.repeats} measurements per side, interleaved, each in a fresh process")
     startup, peak = smoke_start_up(data_root)
     print(f"smoke preset: first optimizer step {startup:.1f} s after process start, peak RSS {peak:.0f} MiB")
     cold, warm = decode_cache_seconds(data_root)
     print(f"CIFAR-10 into memory (60,000 images): decoded {cold:.1f} s, from the decode cache {warm:.2f} s")
-    if args.compile:
-        compiled = measure_in_fresh_process(args, "ours", args.precision[0], compile_modules=True)
-        print(f"[{args.precision[0]}] ssl-runner with trainer.compile=true: {compiled:7.1f} images/s")
     ratios = {}
     for precision in args.precision:
-        ours = measure_in_fresh_process(args, "ours", precision)
-        print(f"[{precision}] ssl-runner:                   {ours:7.1f} images/s")
-        peers = {}
+        sides = {"ours": lambda: measure_in_fresh_process(args, "ours", precision)}
+        if args.compile:
+            sides["ours_compiled"] = lambda: measure_in_fresh_process(args, "ours", precision, compile_modules=True)
         for workers in args.peer_workers:
-            peers[workers] = measure_in_fresh_process(args, "peer", precision, workers)
-            print(f"[{precision}] lightly, {workers} DataLoader workers: {peers[workers]:7.1f} images/s")
-        ratios[precision] = ours / max(peers.values())
-        print(f"[{precision}] ours / faster lightly: {ratios[precision]:.2f}")
+            sides[f"lightly_{workers}_workers"] = (
+                lambda workers=workers: measure_in_fresh_process(args, "peer", precision, workers))
+        results = interleaved(sides, args.repeats)
+        peers = {name: values for name, values in results.items() if name.startswith("lightly")}
+        faster_peer = max(peers, key=lambda name: statistics.median(peers[name]))
+        print(f"[{precision}] (the faster lightly: {faster_peer})")
+        ratios[precision] = report(results, "ours", faster_peer)
     # The last line: the first precision given (fp32 by default), both sides alike.
     print(f"ratio={ratios[args.precision[0]]:.2f}")
-
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,8 @@
   resumed from any checkpoint, mid-epoch included, replays the rest exactly
   as the uninterrupted run did;
 - `StopOnNonFinite`: a NaN or infinite loss, gradient or weight stops the
-  stage at once, before the bad step is applied or saved;
+  stage at once, before the bad step is applied or saved (on a GPU within
+  `trainer.log_every_n_steps` steps, never saved);
 - `EpochRecord`: the stage's position and figures, kept in the checkpoint,
   so that a resumed stage reports what the uninterrupted one would.
 """
@@ -80,6 +81,12 @@ def responsible_settings(cfg: DictConfig, stage: str) -> str:
     return f"eval.{key}.lr={e.lr}, eval.{key}.weight_decay={e.weight_decay}, {common}"
 
 
+def defers_checks(device: torch.device) -> bool:
+    """Whether a check on `device` is read later (StopOnNonFinite): where the
+    host would otherwise wait for the device, a GPU's."""
+    return device.type == "cuda"
+
+
 class StopOnNonFinite(Callback):
     """Stops the stage with `TrainingDiverged` when its loss, its gradients or
     its weights stop being finite.
@@ -89,35 +96,77 @@ class StopOnNonFinite(Callback):
     applied. (Under fp16 loss scaling an infinite gradient only makes the
     scaler skip the step, so there the loss and the weights are checked.)
     Weights and buffers are checked at the end of each epoch, before the
-    checkpoint is written, so `last.ckpt` always holds a finite state."""
+    checkpoint is written, so `last.ckpt` always holds a finite state.
+
+    On a GPU, reading a check's answer each step would make the host wait for
+    the device twice a step (the GPU then idles while the next step is being
+    queued). There the checks stay on the device, folded into one flag, read
+    every `trainer.log_every_n_steps` steps and before any checkpoint is
+    written: a divergence stops the stage within that many steps (the bad
+    updates of those steps are applied, never saved)."""
 
     def __init__(self, cfg: DictConfig, stage: str) -> None:
         self.cfg, self.stage = cfg, stage
         self._unset_buffers: set = set()
+        # On a GPU: {what: all finite since the last read}, device tensors.
+        self._pending: Dict[str, torch.Tensor] = {}
+        self._pending_since = 0
 
     def _diverged(self, trainer: L.Trainer, what: str) -> TrainingDiverged:
         batch = trainer.fit_loop.epoch_loop.batch_idx + 1
+        where = (f"at epoch {trainer.current_epoch + 1}, batch {batch} (optimizer step {trainer.global_step})"
+                 if not self._pending else f"between optimizer steps {self._pending_since} and {trainer.global_step} "
+                 f"(epoch {trainer.current_epoch + 1}; read every {trainer.log_every_n_steps} steps on a GPU)")
         return TrainingDiverged(
-            f"the {self.stage} stage diverged: {what} at epoch {trainer.current_epoch + 1}, batch {batch} "
-            f"(optimizer step {trainer.global_step}). The settings most likely responsible: "
+            f"the {self.stage} stage diverged: {what} {where}. The settings most likely responsible: "
             f"{responsible_settings(self.cfg, self.stage)}. Lower the learning rate, lengthen the warm-up or "
             "clip gradients, in a new run folder (hydra.run.dir=...; this folder keeps its config). The stage "
             f"stopped at once: {self.stage}/checkpoints/last.ckpt, if there is one, holds the last finite "
             "state, from the end of the last complete epoch."
         )
 
+    def _check(self, trainer: L.Trainer, finite: torch.Tensor, what: str) -> None:
+        """Stop now if `finite` is false; on a GPU, fold it into the flag read later."""
+        if not defers_checks(finite.device):
+            if not bool(finite):
+                raise self._diverged(trainer, what)
+            return
+        if not self._pending:
+            self._pending_since = trainer.global_step
+        self._pending[what] = finite if what not in self._pending else self._pending[what] & finite
+        if trainer.global_step - self._pending_since >= trainer.log_every_n_steps:
+            self.read_pending(trainer)
+
+    def read_pending(self, trainer: L.Trainer) -> None:
+        """The GPU's folded checks, read now (one wait for the device)."""
+        for what, finite in self._pending.items():
+            if not bool(finite):
+                error = self._diverged(trainer, what)
+                self._pending = {}
+                raise error
+        self._pending = {}
+
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
-            raise self._diverged(trainer, "a gradient is not finite")
+        if grads:
+            self._check(trainer, torch.stack(torch._foreach_norm(grads)).isfinite().all(), "a gradient is not finite")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
-            raise self._diverged(trainer, f"the loss is {float(loss.detach().float().mean())}")
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+            if defers_checks(loss.device):
+                self._check(trainer, torch.isfinite(loss).all(), "the loss is not finite")
+            elif not bool(torch.isfinite(loss).all()):
+                raise self._diverged(trainer, f"the loss is {float(loss.float().mean())}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: Dict[str, Any]) -> None:
+        # Before the file is written: a checkpoint never holds a state after a non-finite step.
+        self.read_pending(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A buffer may start out non-finite on purpose (NPID's NaN "not yet
@@ -126,6 +175,7 @@ class StopOnNonFinite(Callback):
                                if b.is_floating_point() and not bool(torch.isfinite(b).all())}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.read_pending(trainer)
         buffers = [(name, b) for name, b in pl_module.named_buffers() if name not in self._unset_buffers]
         for name, tensor in [*pl_module.named_parameters(), *buffers]:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):

@@ -32,7 +32,7 @@ def _assert_values(tensor: torch.Tensor, expected: list) -> None:
 
 # ---- LARS ----------------------------------------------------------------------------
 
-def _two_group_lars(nesterov: bool) -> tuple:
+def _two_group_lars(nesterov: bool, foreach: bool = False) -> tuple:
     """An adapted group (no `lars_exclude` key, so the default) and an excluded
     group with its own lr and an `lr_scale` LARS must ignore."""
     adapted = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
@@ -40,13 +40,13 @@ def _two_group_lars(nesterov: bool) -> tuple:
     optimizer = LARS(
         [{"params": [adapted]},
          {"params": [excluded], "lars_exclude": True, "lr": 0.2, "lr_scale": 10.0}],
-        lr=0.1, momentum=0.9, weight_decay=0.1, eta=0.01, nesterov=nesterov,
+        lr=0.1, momentum=0.9, weight_decay=0.1, eta=0.01, nesterov=nesterov, foreach=foreach,
     )
     return adapted, excluded, optimizer
 
 
-def _lars_two_steps(nesterov: bool) -> tuple:
-    adapted, excluded, optimizer = _two_group_lars(nesterov)
+def _lars_two_steps(nesterov: bool, foreach: bool = False) -> tuple:
+    adapted, excluded, optimizer = _two_group_lars(nesterov, foreach)
     history = []
     for _ in range(2):
         _set_grad(adapted, [-0.3, 0.6])
@@ -56,8 +56,10 @@ def _lars_two_steps(nesterov: bool) -> tuple:
     return history
 
 
-def test_lars_matches_hand_computation_with_momentum_and_weight_decay():
-    (adapted_1, excluded_1), (adapted_2, excluded_2) = _lars_two_steps(nesterov=False)
+# foreach=True: the multi-tensor step a GPU takes by default, played on the CPU.
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lars_matches_hand_computation_with_momentum_and_weight_decay(foreach):
+    (adapted_1, excluded_1), (adapted_2, excluded_2) = _lars_two_steps(nesterov=False, foreach=foreach)
     # Adapted, step 1: d = g + 0.1 p = [-0.3 + 0.3, 0.6 + 0.4] = [0, 1]; ||d|| = 1, ||p|| = 5,
     # trust = 0.01 * 5 / 1 = 0.05, u = buf = [0, 0.05], p = [3, 4 - 0.1 * 0.05].
     _assert_values(adapted_1, [3.0, 3.995])
@@ -71,8 +73,9 @@ def test_lars_matches_hand_computation_with_momentum_and_weight_decay():
     _assert_values(excluded_2, [0.88 - 0.2 * 1.128, -2.06 - 0.2 * 0.564])
 
 
-def test_lars_nesterov_matches_hand_computation():
-    (adapted_1, excluded_1), (adapted_2, excluded_2) = _lars_two_steps(nesterov=True)
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lars_nesterov_matches_hand_computation(foreach):
+    (adapted_1, excluded_1), (adapted_2, excluded_2) = _lars_two_steps(nesterov=True, foreach=foreach)
     # Step 1: u = buf = [0, 0.05]; step = u + 0.9 buf = [0, 0.095].
     _assert_values(adapted_1, [3.0, 4.0 - 0.1 * 0.095])
     u2 = 0.01 * math.sqrt(3.0 ** 2 + 3.9905 ** 2)
@@ -84,6 +87,29 @@ def test_lars_nesterov_matches_hand_computation():
     u2_excluded = [0.5 + 0.1 * q1[0], 0.5 + 0.1 * q1[1]]
     buf2_excluded = [0.9 * 0.6 + u2_excluded[0], 0.9 * 0.3 + u2_excluded[1]]
     _assert_values(excluded_2, [q - 0.2 * (u + 0.9 * b) for q, u, b in zip(q1, u2_excluded, buf2_excluded)])
+
+
+def test_lars_foreach_step_equals_the_loop_on_a_network():
+    """Three steps on a network with a zero-initialised tensor (trust 1) and
+    an excluded group: the GPU's multi-tensor step and the CPU's loop agree."""
+    def trained(foreach: bool) -> list:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+        nn.init.zeros_(net[4].bias)
+        decay = [p for p in net.parameters() if p.dim() > 1]
+        no_decay = [p for p in net.parameters() if p.dim() <= 1]
+        optimizer = LARS([{"params": decay}, {"params": no_decay, "lars_exclude": True}], lr=0.5, momentum=0.9,
+                         weight_decay=1e-4, eta=0.02, nesterov=True, foreach=foreach)
+        data = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            optimizer.zero_grad()
+            net(data).square().mean().backward()
+            optimizer.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    for loop, multi in zip(trained(False), trained(True)):
+        torch.testing.assert_close(multi, loop, rtol=1e-6, atol=1e-7)
+
 
 
 def test_lars_zero_weight_gets_trust_one():

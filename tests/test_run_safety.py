@@ -59,6 +59,21 @@ def test_a_non_finite_loss_stops_the_stage_at_once_and_keeps_the_last_finite_che
     assert summary["status"] == "diverged" and summary["stages"]["pretrain"]["status"] == "diverged"
 
 
+def test_on_a_gpu_the_checks_are_read_every_n_steps_and_no_checkpoint_holds_the_bad_steps(tmp_path, cifar_root,
+                                                                                        monkeypatch):
+    """The GPU's deferred reading (callbacks.defers_checks), played on the CPU:
+    the poisoned step (epoch 2, batch 2: step 6) is found at the next read, at
+    most log_every_n_steps = 3 steps later, and the checkpoint is still epoch 1's."""
+    monkeypatch.setenv("SSL_RUNNER_DATA", str(cifar_root.parent))
+    monkeypatch.setattr("ssl_runner.callbacks.defers_checks", lambda device: True)
+    poison = PoisonWeights()
+    with pytest.raises(TrainingDiverged, match=r"between optimizer steps [4-6] and [6-8] \(epoch 2; read every 3"):
+        run_pipeline(compose_config([*TINY, "trainer.max_epochs=3", "trainer.log_every_n_steps=3"]), tmp_path,
+                     callbacks=[poison])
+    ckpt = tmp_path / "pretrain/checkpoints/last.ckpt"
+    assert ckpt.read_bytes() == poison.saved and _finite(ckpt)
+
+
 def test_a_diverging_learning_rate_exits_non_zero_with_strict_json(tmp_path, cifar_root):
     proc = cli(cifar_root, *TINY, "pipeline=pretrain", "optimizer.lr=1e6", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 4, proc.stderr[-3000:]

@@ -420,6 +420,7 @@ def test_eval_view_only_normalises():
     assert torch.allclose(eval_view(images.float() / 255, MEAN, STD), expected, atol=1e-6)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_views_on_cuda_match_cpu():
     recipe = full_recipe()

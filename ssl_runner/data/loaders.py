@@ -2,25 +2,29 @@
 
 Every batch is `(images, labels, indices)`. For pretraining with
 `views_on=device`, images are uint8 and the method makes the views after the
-transfer; with `views_on=cpu` the workers make them per image, and images is a
-list of float views. Evaluation batches are uint8 images at `image_size`,
+transfer; with `views_on=cpu` the workers make them (per image, or for image
+files a batch at a time: `FileViewBatches`), and images is a list of float
+views. On a GPU, in-memory pretraining batches are drawn there without a
+DataLoader (`DeviceBatches`). Evaluation batches are uint8 images at `image_size`,
 normalised on the device.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from ssl_runner.config import DataConfig
+from ssl_runner.data.crops import views_of_files
 from ssl_runner.data.datasets import ImageSet, resize_center_crop
 from ssl_runner.errors import UserError
 from ssl_runner.seeding import epoch_seed
 from ssl_runner.views.protocol import ViewMaker
+from ssl_runner.views.recipe import ViewRecipe
 
 
 class PretrainDataset(Dataset):
@@ -53,6 +57,21 @@ class PretrainDataset(Dataset):
         generator = torch.Generator().manual_seed(self.epoch_views_seed * 1_000_003 + position)
         batch = image.unsqueeze(0)
         return [view[0] for view in self.view_maker.views(batch, generator)], label, index
+
+
+class FileViewBatches(PretrainDataset):
+    """Views of image files of any size made a whole batch at a time in the
+    worker (data/crops.py: each file decoded at the size its crops need, the
+    rest of the recipe batched on uint8 crops), for `views_on=cpu` with a
+    `ViewRecipe`. The batch's views come from a generator seeded by (epoch,
+    its first sample), so the same whichever worker makes them."""
+
+    def __getitems__(self, indices: List[int]) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor]:
+        assert self.images.paths is not None and isinstance(self.view_maker, ViewRecipe)
+        generator = torch.Generator().manual_seed(self.epoch_views_seed * 1_000_003 + indices[0])
+        idx = torch.as_tensor(indices, dtype=torch.long) % len(self.images)
+        views = views_of_files([self.images.paths[i] for i in idx.tolist()], self.view_maker, generator)
+        return views, self.images.labels[idx], idx
 
 
 class InMemoryBatches(PretrainDataset):
@@ -145,6 +164,39 @@ def shuffled_loader(dataset: Dataset, batch_size: int, seed: int, world_size: in
                       drop_last=drop_last, **kwargs)
 
 
+class DeviceBatches:
+    """A training loader with no DataLoader: the uint8 images and labels moved
+    to the device once, each batch one index on the device, in EpochShuffle's
+    order (the same batches as the DataLoader over `InMemoryBatches`, so the
+    same training). On a GPU this leaves the step nothing to wait for on the
+    host: no worker, no collate, no pinned copy (CIFAR-10 is 184 MB as uint8).
+    Lightning calls `sampler.set_epoch` at each epoch's start, as for a
+    DataLoader."""
+
+    def __init__(self, images: ImageSet, batch_size: int, sampler: "EpochShuffle", device: torch.device) -> None:
+        assert images.images is not None
+        self.batch_size, self.sampler = batch_size, sampler
+        self.images = images.images.to(device)
+        self.labels = images.labels.to(device)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.images.device) % len(self.images)
+        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.images[idx], self.labels[idx], idx
+
+
+def holds_images_on_device(device: Optional[torch.device], images: ImageSet) -> bool:
+    """Whether pretraining draws its batches on the device (DeviceBatches): on
+    a GPU, for in-memory images that take at most a quarter of its memory."""
+    if device is None or device.type != "cuda" or images.images is None:
+        return False
+    return images.images.nbytes <= torch.cuda.get_device_properties(device).total_memory // 4
+
+
 def loader_kwargs(cfg: DataConfig, persistent: bool = True) -> dict:
     """Workers and pinning. Training loaders pass `persistent=False`: their
     workers are started anew each epoch, seeded from EpochShuffle (persistent
@@ -158,14 +210,16 @@ def loader_kwargs(cfg: DataConfig, persistent: bool = True) -> dict:
 
 def pretrain_loader(
     cfg: DataConfig, images: ImageSet, view_maker: ViewMaker, world_size: int = 1, *,
-    batch_size: int, repeats: int = 1, seed: int = 0, rank: int = 0,
-) -> DataLoader:
+    batch_size: int, repeats: int = 1, seed: int = 0, rank: int = 0, device: Optional[torch.device] = None,
+) -> Union[DataLoader, DeviceBatches]:
     """This rank's share in batches of `batch_size` (the per-device batch,
     `distributed.batch.batch_sizes`), shuffled (EpochShuffle), last incomplete
     batch dropped (NT-Xent and BatchNorm want full batches); each image
     `repeats` times an epoch. With `views_on=cpu` the workers make each
-    image's views with `view_maker`; otherwise batches are uint8 images and
-    the method makes the views on the device."""
+    image's views with `view_maker` (image files and a `ViewRecipe`: a batch
+    at a time, `FileViewBatches`); otherwise batches are uint8 images and
+    the method makes the views on the device; there, on a GPU, the batches
+    are drawn without a DataLoader (`holds_images_on_device`)."""
     per_step = batch_size * world_size
     if len(images) * repeats < per_step:
         raise UserError(
@@ -180,8 +234,15 @@ def pretrain_loader(
             "Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made per image)."
         )
     kwargs = loader_kwargs(cfg, persistent=False)
+    if cfg.views_on == "device" and holds_images_on_device(device, images):
+        sampler = EpochShuffle(InMemoryBatches(images, None, repeats), seed, num_replicas=world_size, rank=rank)
+        return DeviceBatches(images, batch_size, sampler, device)
     if cfg.views_on == "device" and images.images is not None:
         dataset: Dataset = InMemoryBatches(images, None, repeats)
+        kwargs["collate_fn"] = already_collated
+    elif (cfg.views_on == "cpu" and images.paths is not None and images.load_size is None
+          and isinstance(view_maker, ViewRecipe)):
+        dataset = FileViewBatches(images, view_maker, repeats)
         kwargs["collate_fn"] = already_collated
     else:
         dataset = PretrainDataset(images, view_maker if cfg.views_on == "cpu" else None, repeats)

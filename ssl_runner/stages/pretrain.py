@@ -53,7 +53,7 @@ def pretrain(ctx: RunContext) -> Dict[str, Any]:
     batch = batch_sizes(cfg, world_size)
     train = pretrain_loader(cfg.data, images, method.view_maker, world_size,
                             batch_size=batch.per_device, repeats=pretrain_images.repeats, seed=cfg.seed,
-                            rank=collectives.rank())
+                            rank=collectives.rank(), device=ctx.device)
     val = None
     every = cfg.monitor.knn_every_n_epochs
     if every > 0 and ctx.train_images.has_labels:

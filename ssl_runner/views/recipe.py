@@ -70,6 +70,16 @@ class ViewRecipe:
             views = aug.apply(views, params[aug.name])
         return normalize(views, self.mean, self.std)
 
+    def views_of_crops(self, crops: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One view of each crop already taken (uint8 N x 3 x size x size, e.g.
+        `data/crops.py` from files of any size): every augmentation after
+        the crop, sampled and applied as `apply` does, then normalisation."""
+        _, *after_crop = self.augmentations
+        views = to_unit_float(crops)
+        for aug in after_crop:
+            views = aug.apply(views, aug.sample(len(crops), self.size, self.size, crops.device, generator))
+        return normalize(views, self.mean, self.std)
+
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         """`num_views` independent views of each image (the uint8 batch converted once)."""
         images = to_unit_float(images)

@@ -92,13 +92,14 @@ class GpuCheck:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.started = time.monotonic()
-        self.work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+        # The run folders and the wheels' site, removed at the end (made by `main`).
+        self.work = Path(tempfile.gettempdir()) / f"gpu-check-{os.getpid()}"
         self.env = {**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"}
         paths = [str(REPO)] + ([str(self.work / "site")] if args.wheels else [])
         self.env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
         if args.data:
             self.env["SSL_RUNNER_DATA"] = str(Path(args.data).resolve())
-        self.cuda = False
+        self.cuda = self.has_lightly = False
         self.sizes = CPU_SIZES
         self.results: Dict[str, Dict[str, Any]] = {}
         self.device = "unknown"
@@ -136,6 +137,7 @@ class GpuCheck:
         if done.returncode != 0:
             return Check("fail", f"the project does not import: {tail(done)}")
         facts = json.loads(done.stdout.strip().splitlines()[-1])
+        self.has_lightly = facts["lightly"] is not None
         self.cuda = bool(facts["cuda"]) and not self.args.cpu
         self.sizes = GPU_SIZES if self.cuda else CPU_SIZES
         self.device = facts["device"] if self.cuda else f"CPU ({facts['cpu']})"
@@ -187,7 +189,7 @@ class GpuCheck:
         figures: Dict[str, Any] = {"sizes": sizes}
         lines = []
         for name, extra in sides.items():
-            if name == "lightly" and not self._has_lightly():
+            if name == "lightly" and not self.has_lightly:
                 lines.append("lightly not installed: its side skipped")
                 continue
             done = self.python(*base, *extra, timeout=min(240, self.left() - 60))
@@ -238,11 +240,15 @@ class GpuCheck:
                   f"(pretraining {pretrain.get('seconds')} s)") if ok else f"exit {done.returncode}: {tail(done)}"
         return Check("pass" if ok else "fail", detail, **figures)
 
-    def _has_lightly(self) -> bool:
-        return self.python("-c", "import lightly", timeout=60).returncode == 0
-
     # -- the run ---------------------------------------------------------------------------
     def main(self) -> int:
+        self.work.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run_checks()
+        finally:  # also when stopped by Ctrl-C or a bug: no folder left behind
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _run_checks(self) -> int:
         checks: List[Callable[[], Check]] = [self.wheels, self.environment, self.cuda_tests,
                                              self.ddp_sync_batchnorm, self.throughput, self.short_run]
         for check in checks:
@@ -268,7 +274,6 @@ class GpuCheck:
             write_json(Path(self.args.out), {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": self.device,
                                              "form": "gpu" if self.cuda else "cpu", "seconds": round(total, 1),
                                              "counts": counts, "checks": self.results})
-        shutil.rmtree(self.work, ignore_errors=True)
         return 1 if counts["fail"] else 0
 
 

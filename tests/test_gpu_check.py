@@ -66,8 +66,10 @@ def test_a_missing_wheel_folder_fails_the_check(tmp_path):
     gpu_check = load_script()
     (tmp_path / "empty").mkdir()
     args = gpu_check.parse(["--wheels", str(tmp_path / "empty"), "--out", str(tmp_path / "out.json")])
-    outcome = gpu_check.GpuCheck(args).wheels()
+    check = gpu_check.GpuCheck(args)
+    outcome = check.wheels()
     assert outcome.status == "fail" and "no .whl file" in outcome.detail
+    assert not check.work.exists()  # only `main` makes its folder, and removes it
 
 
 def test_json_is_written_whole_and_without_nan(tmp_path):

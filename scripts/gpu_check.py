@@ -6,11 +6,13 @@ Here, before the GPU machine (it has no network, and lacks some packages):
 
     SSL_RUNNER_DATA=../shared/data python scripts/gpu_check.py prepare --to .gpucheck
 
-copies the wheels that the GPU image lacks (GPU_IMAGE_LACKS) and CIFAR-10's
-JPEG tree into `.gpucheck/` (about 60 MB; add `/.gpucheck/` to
+copies the wheels that the GPU image lacks (GPU_IMAGE_LACKS), CIFAR-10's
+JPEG tree and a folder of photographs (scripts/bench_imagefolder.py's, 128
+JPEGs of 300-500 px) into `.gpucheck/` (about 60 MB; add `/.gpucheck/` to
 `.git/info/exclude`). On the GPU machine, from the repository's root:
 
-    python3 scripts/gpu_check.py --wheels .gpucheck/wheels --data .gpucheck/data --out gpu_check.json
+    python3 scripts/gpu_check.py --wheels .gpucheck/wheels --data .gpucheck/data \
+        --photos .gpucheck/photos --out gpu_check.json
 
 The checks, each in a process of its own, stopped at its share of the time:
 
@@ -25,7 +27,11 @@ The checks, each in a process of its own, stopped at its share of the time:
    batch 512 in bf16, views on the device, eager and `torch.compile`d, and
    lightly's SimCLR on the same GPU in the same run
    (`scripts/bench_train.py --side ...`, each in a fresh process);
-6. `short_run`: `experiment=simclr_cifar10_fast` on all of CIFAR-10 for as
+6. `image_folder`: views of JPEG photographs at 224 px, images/s, made on
+   the device from the files' bytes (`views_on=device`: nvJPEG's batched
+   decode, data/encoded.py) against one CPU worker (`views_on=cpu`,
+   data/crops.py), by `scripts/bench_imagefolder.py --side ...`;
+7. `short_run`: `experiment=simclr_cifar10_fast` on all of CIFAR-10 for as
    many epochs as the remaining minutes hold: kNN top-1 and the time.
 
 Without CUDA it runs a reduced form (tiny sizes, CPU, fp32; the CUDA-only
@@ -62,6 +68,8 @@ GPU_SIZES = {"batch": 512, "warmup": 15, "steps": 40, "backbone": "resnet18", "p
 CPU_SIZES = {"batch": 32, "warmup": 1, "steps": 2, "backbone": "resnet_tiny", "precision": "32-true"}
 # Seconds the short run needs besides its epochs: start-up, data into memory, the kNN stage.
 SHORT_RUN_OVERHEAD_S = 60.0
+# The photographs `prepare` carries for the image_folder check (about 5 MB: the carry holds 64 MiB).
+PHOTOS = 128
 
 
 def log(line: str) -> None:
@@ -206,6 +214,33 @@ class GpuCheck:
         return Check("pass", f"{sizes['backbone']}, batch {sizes['batch']}, {sizes['precision']}: "
                      + "; ".join(lines), **figures)
 
+    def image_folder(self) -> Check:
+        photos = Path(self.args.photos) if self.args.photos else self.work / "photos"
+        size = "224" if self.cuda else "32"
+        if not (photos / "train").is_dir():  # the reduced form: 64 files cut here from the photographs at hand
+            made = self.python("-c", "import sys; sys.path.insert(0, 'scripts'); from pathlib import Path; "
+                               f"from bench_imagefolder import make_folder; make_folder(Path({str(photos)!r}), 64)",
+                               timeout=min(60, self.left()))
+            if made.returncode != 0:
+                return Check("fail", f"could not make the photographs' folder: {tail(made)}")
+        base = ["scripts/bench_imagefolder.py", "--folder", str(photos), "--size", size,
+                "--min-seconds", "3" if self.cuda else "0.2"]
+        sides = {"device": ["--side", "ours_device", "--device", "cuda" if self.cuda else "cpu"],
+                 "cpu_worker": ["--side", "ours"]}
+        figures: Dict[str, Any] = {"size": int(size), "files": len(list((photos / "train").rglob("*.jpg")))}
+        for name, extra in sides.items():
+            done = self.python(*base, *extra, timeout=min(120, self.left() - 30))
+            if done.returncode != 0:
+                return Check("fail", f"{name}: exit {done.returncode}: {tail(done)}", **figures)
+            figures[f"{name}_images_per_second"] = json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"]
+        figures["ratio_device_vs_cpu_worker"] = round(figures["device_images_per_second"]
+                                                      / figures["cpu_worker_images_per_second"], 2)
+        where = "on the GPU (nvJPEG)" if self.cuda else "views_on=device on the CPU"
+        return Check("pass", f"{figures['files']} photographs at {size} px: {where} "
+                     f"{figures['device_images_per_second']:,.0f} images/s; one CPU worker "
+                     f"{figures['cpu_worker_images_per_second']:,.0f} images/s "
+                     f"(ratio {figures['ratio_device_vs_cpu_worker']:.2f})", **figures)
+
     def short_run(self) -> Check:
         run_dir = self.work / "short"
         command = ["-m", "ssl_runner", "experiment=simclr_cifar10_fast", f"hydra.run.dir={run_dir}"]
@@ -250,7 +285,8 @@ class GpuCheck:
 
     def _run_checks(self) -> int:
         checks: List[Callable[[], Check]] = [self.wheels, self.environment, self.cuda_tests,
-                                             self.ddp_sync_batchnorm, self.throughput, self.short_run]
+                                             self.ddp_sync_batchnorm, self.throughput, self.image_folder,
+                                             self.short_run]
         for check in checks:
             name = check.__name__
             if self.left() < 5 and name != "environment":
@@ -322,9 +358,14 @@ def prepare(target: Path) -> int:
             return 2
         if not (data / split).is_dir():
             shutil.copytree(source / split, data / split)
+    if not (target / "photos" / "train").is_dir():
+        sys.path.insert(0, str(REPO / "scripts"))
+        from bench_imagefolder import make_folder
+
+        make_folder(target / "photos", PHOTOS)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
-    log(f"{target}: {len(list(wheels.glob('*.whl')))} wheels ({', '.join(pins + built)}) and CIFAR-10, "
-        f"{size:.0f} MiB; keep it out of git (echo /{target.name}/ >> .git/info/exclude) and carry it")
+    log(f"{target}: {len(list(wheels.glob('*.whl')))} wheels ({', '.join(pins + built)}), CIFAR-10 and {PHOTOS} "
+        f"photographs, {size:.0f} MiB; keep it out of git (echo /{target.name}/ >> .git/info/exclude) and carry it")
     return 0
 
 
@@ -335,6 +376,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--to", type=Path, default=Path(".gpucheck"), help="prepare: where the carried files go")
     parser.add_argument("--wheels", help="a folder of wheels to install first (no network)")
     parser.add_argument("--data", help="the folder holding cifar10/ (default: $SSL_RUNNER_DATA)")
+    parser.add_argument("--photos", help="a folder of photographs (train/<class>/*.jpg) for image_folder "
+                                         "(default: 64 files made from the photographs at hand)")
     parser.add_argument("--out", help="where the JSON of the figures goes")
     parser.add_argument("--budget-s", type=float, default=540.0,
                         help="seconds for every check together (default 540: 9 minutes)")

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from ssl_runner.methods.registry import METHOD_INFO
-from ssl_runner.report import find_summaries, load_summary, markdown_table, methods_table
-from ssl_runner.seed_spread import POOLED_HEADING, has_repeated_seeds, pooled_table
+from ssl_runner.report import find_summaries, load_summary, markdown_table
+from ssl_runner.seed_spread import POOLED_HEADING, has_repeated_seeds, methods_table, pooled_table
 
 
 def main() -> int:

@@ -151,9 +151,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
     objective_key = resolve_key(cfg.objective.key, evaluation_stages(stages))
 
     def write_summary() -> Dict[str, Any]:
-        # Wall clock of this job so far, start-up included (a resumed run counts
-        # its last attempt only; a multirun job from its own start).
-        summary = relative_paths({**build_summary(manifest, facts), "wall_seconds": round(job_age(), 1)}, run_dir)
+        # Wall clock of this run so far, start-up included, summed over its
+        # attempts (a multirun job counts from its own start).
+        wall = manifest.wall_seconds(job_age())
+        summary = relative_paths({**build_summary(manifest, facts), "wall_seconds": wall,
+                                  "attempts": len(manifest.data["attempt_seconds"])}, run_dir)
         summary["objective"] = objective_record(summary, objective_key, cfg.objective.direction)
         if main:
             write_json(run_dir / SUMMARY, summary)

@@ -17,6 +17,7 @@ import lightning as L
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_runner.data.encoded import EncodedImages, views_of_encoded
 from ssl_runner.distributed.batch import batch_sizes
 from ssl_runner.models.momentum import momentum_at
 from ssl_runner.optim import build_optimizer, build_scheduler, scale_lr
@@ -37,6 +38,8 @@ class PretrainingSteps(L.LightningModule):
         if self.trainer.training:
             if isinstance(images, Tensor):  # uint8 images: views made here, batched
                 views = self.make_views(images)
+            elif isinstance(images, EncodedImages):  # image files' bytes: decoded here, then the views
+                views = views_of_encoded(images, self.view_maker, self.device)
             else:  # views already made per image in the DataLoader workers
                 views = list(images)
             return views, labels, indices

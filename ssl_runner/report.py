@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List
 
 from omegaconf import OmegaConf
 
@@ -140,33 +140,3 @@ def markdown_table(summaries: Iterable[Path]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + protocols_note(loaded)
-
-
-METHOD_COLUMNS = ("method", "paper", "kNN top-1", "kNN gain", "linear top-1", "linear gain", "minutes",
-                  "published (CIFAR-10)")
-
-
-def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
-    """The README's methods table: every registered method (`info`: name ->
-    MethodInfo, in registry order) with the figures of its run among
-    `summaries` (kNN, gain over the random-init encoder, linear, whole-run
-    minutes) beside its paper's published number. A method with no run shows
-    dashes; two runs of one method are refused, since a table must not pick."""
-    runs: Dict[str, Dict[str, Any]] = {}
-    for path in summaries:
-        summary = load_summary(path)
-        if summary.get("method") in runs:
-            raise ValueError(f"two runs of {summary['method']} ({run_name(runs[summary['method']])} and "
-                             f"{run_name(summary)}); pass one folder per method")
-        runs[summary.get("method")] = summary
-    lines = ["| " + " | ".join(METHOD_COLUMNS) + " |", "|" + "---|" * len(METHOD_COLUMNS)]
-    for name, meta in info.items():
-        row = summary_row(runs[name]) if name in runs else {}
-        wall = runs.get(name, {}).get("wall_seconds")
-        linear, random_linear = row.get("linear top-1"), optional_figure(runs.get(name, {}), "random-init linear")
-        linear_gain = None if linear is None or random_linear is None else round(linear - random_linear, 2)
-        figures = [row.get("kNN top-1"), row.get("kNN gain"), linear, linear_gain,
-                   None if wall is None else round(wall / 60, 1)]
-        cells = [f"`{name}`", meta.paper, *map(format_cell, figures), meta.published]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + protocols_note(list(runs.values()))

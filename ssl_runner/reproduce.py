@@ -6,6 +6,9 @@ ssl_runner/expected.py), as markdown and CSV.
 
     python -m ssl_runner.reproduce smoke --methods simclr byol --seeds 0 1
     python -m ssl_runner.reproduce cifar10_cpu --methods all --seeds 0 1 2 --out docs/results/reproduce_cifar10_cpu
+    python -m ssl_runner.reproduce cifar10_cpu --methods simclr:0,1,2 rotnet:0,1,2 looc --seeds 0
+
+A method written `METHOD:S1,S2,...` runs those seeds instead of `--seeds`.
 
 Each (method, seed) is one ordinary run, `python -m ssl_runner method=<m>
 experiment=<preset> seed=<s> hydra.run.dir=<out>/<m>_seed<s>`, one after
@@ -54,6 +57,22 @@ def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+def method_seeds(entries: Sequence[str], seeds: Sequence[int]) -> Dict[str, List[int]]:
+    """`simclr` runs `seeds`; `simclr:0,1,2` runs its own."""
+    chosen: Dict[str, List[int]] = {}
+    for entry in entries:
+        method, colon, own = entry.partition(":")
+        try:
+            these = [int(s) for s in own.split(",")] if colon else list(seeds)
+        except ValueError:
+            these = []
+        if not method or not these or len(set(these)) != len(these) or method in chosen:
+            raise UserError(f"`--methods {entry}` is not understood: write a method once, as METHOD (the seeds of "
+                            f"--seeds) or METHOD:S1,S2,... with distinct integer seeds, e.g. simclr:0,1,2.")
+        chosen[method] = these
+    return chosen
+
+
 def run_recipe(preset: str, method: str, seed: int, out: Path, overrides: Sequence[str]) -> Dict[str, Any]:
     """One (method, seed) run, skipped if its folder already finished; its summary
     (or a failed one, with the log's last lines, if it left none)."""
@@ -92,22 +111,25 @@ def comparisons(methods: Sequence[str], runs: Dict[str, List[Dict[str, Any]]],
     return rows
 
 
-def header(preset: str, seeds: Sequence[int], overrides: Sequence[str], expected_path: Path) -> str:
+def header(preset: str, seeds: Dict[str, List[int]], overrides: Sequence[str], expected_path: Path) -> str:
     extra = f", with the overrides `{' '.join(overrides)}` (the expectations are the preset's own)" if overrides else ""
-    return (f"Reproduce `experiment={preset}`, seeds {', '.join(map(str, seeds))}{extra}: got = last-epoch test "
+    distinct = {tuple(s) for s in seeds.values()}
+    said = (f"seeds {', '.join(map(str, distinct.pop()))}" if len(distinct) == 1
+            else "seeds per method as the seeds column says")
+    return (f"Reproduce `experiment={preset}`, {said}{extra}: got = last-epoch test "
             f"top-1 (%), mean ± sample std over the seeds; expected ± tolerance from `{expected_path.name}` "
             f"(conf/expected/); PASS when |delta| ≤ tolerance. Machine: {cpu_model()}, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.")
 
 
-def publish(out: Path, target: Path, methods: Sequence[str], seeds: Sequence[int]) -> None:
+def publish(out: Path, target: Path, seeds: Dict[str, List[int]]) -> None:
     """The tables and the figures behind them, without the checkpoints: what
     docs/results/ keeps of a reproduction."""
     target.mkdir(parents=True, exist_ok=True)
     for name in ("reproduce.md", "reproduce.csv"):
         write_text(target / name, (out / name).read_text())
-    for method in methods:
-        for seed in seeds:
+    for method, these in seeds.items():
+        for seed in these:
             run_dir = run_folder(out, method, seed)
             (target / run_dir.name).mkdir(exist_ok=True)
             for name in (SUMMARY, "config.yaml"):
@@ -149,7 +171,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", help="an experiment preset with conf/expected/<preset>.yaml (smoke, cifar10_cpu)")
     parser.add_argument("--methods", nargs="+", default=["all"],
-                        help="methods to run (default: all, every method the expectations name)")
+                        help="methods to run (default: all, every method the expectations name); "
+                             "METHOD:S1,S2,... runs that method over its own seeds")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<preset>")
     parser.add_argument("--expected", type=Path, default=None, help="default: conf/expected/<preset>.yaml")
@@ -178,17 +201,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             methods = list(dict.fromkeys(e.method for e in declared)) or list(METHOD_INFO)
         if not methods:
             raise UserError(f"{expected_path} names no method; pass --methods.")
-        runs = {m: [run_recipe(args.preset, m, seed, out, args.overrides) for seed in args.seeds] for m in methods}
-        rows = comparisons(methods, runs, expected_path if declared else None)
+        seeds = method_seeds(methods, args.seeds)
+        runs = {m: [run_recipe(args.preset, m, seed, out, args.overrides) for seed in these]
+                for m, these in seeds.items()}
+        rows = comparisons(list(seeds), runs, expected_path if declared else None)
     except UserError as err:
         print(err.paragraph(), file=sys.stderr)
         return err.exit_code
-    text = f"{header(args.preset, args.seeds, args.overrides, expected_path)}\n\n{markdown(rows)}\n"
+    text = f"{header(args.preset, seeds, args.overrides, expected_path)}\n\n{markdown(rows)}\n"
     write_text(out / "reproduce.md", text)
     write_text(out / "reproduce.csv", csv_text(rows))
     print(text)
     if args.publish is not None:
-        publish(out, args.publish, methods, args.seeds)
+        publish(out, args.publish, seeds)
     if args.record:
         command = " ".join(["python -m ssl_runner.reproduce", *(sys.argv[1:] if argv is None else argv)])
         write_text(expected_path, recorded_expectations(args.preset, rows, command))

@@ -60,6 +60,8 @@ class Manifest:
         self.data = data
         # False on every rank but 0 of a multi-process run.
         self.writable = writable
+        # Whether this attempt has its entry in data["attempt_seconds"] yet.
+        self._attempt_recorded = False
 
     @classmethod
     def open(cls, run_dir: Path, config: Dict[str, Any], writable: bool = True) -> "Manifest":
@@ -128,6 +130,18 @@ class Manifest:
             self.save()
         except OSError as err:
             log.warning("could not record %s's end in %s (%s)", name, self.run_dir / MANIFEST, err)
+
+    def wall_seconds(self, this_attempt: float) -> float:
+        """The run's wall clock over all its attempts: the earlier attempts'
+        seconds as last recorded here (an attempt killed by SIGKILL counts up
+        to its last record), plus `this_attempt` so far, which is recorded."""
+        attempts = self.data.setdefault("attempt_seconds", [])
+        if not self._attempt_recorded:
+            attempts.append(0.0)
+            self._attempt_recorded = True
+        attempts[-1] = round(this_attempt, 1)
+        self.save()
+        return round(sum(attempts), 1)
 
     def encoder_path(self) -> Optional[Path]:
         """The encoder the last pretrain stage of this run recorded."""

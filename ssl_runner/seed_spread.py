@@ -2,15 +2,18 @@
 one row of mean ± sample standard deviation with n, for every accuracy
 (`pooled_table`). `report.markdown_table` and a sweep's `results.md` add it
 wherever some recipe has more than one seed: one seed's figure, read alone,
-says nothing of how far the next seed would land.
+says nothing of how far the next seed would land. The README's methods
+table (`methods_table`) pools each method's seeds the same way.
 """
 
 from __future__ import annotations
 
 import statistics
-from typing import Any, Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from ssl_runner.report import COLUMNS, OPTIONAL_COLUMNS, optional_figure, run_outcome, summary_row
+from ssl_runner.report import (COLUMNS, OPTIONAL_COLUMNS, format_cell, load_summary, optional_figure, protocols_note,
+                               run_name, run_outcome, summary_row)
 
 POOLED_HEADING = "Seeds pooled (the runs of one recipe: mean ± sample standard deviation over n finished runs):"
 # What the runs of one recipe may differ in (besides their figures).
@@ -66,3 +69,46 @@ def pooled_table(summaries: Sequence[Dict[str, Any]]) -> str:
             cells.append(mean_std(values) if values else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+METHOD_COLUMNS = ("method", "paper", "seeds", "kNN top-1", "kNN gain", "linear top-1", "linear gain", "minutes",
+                  "published (CIFAR-10)")
+
+
+def methods_table(summaries: Iterable[Path], info: Mapping[str, Any]) -> str:
+    """The README's methods table: every registered method (`info`: name ->
+    MethodInfo, in registry order) with the figures of its finished runs
+    among `summaries`, pooled over their seeds (mean ± sample std; kNN, gain
+    over each run's own random-init encoder, linear, whole-run minutes) beside
+    its paper's published number. A method with no run shows dashes; runs of
+    one method with different recipes are refused, since a table must not pick."""
+    runs: Dict[str, List[Dict[str, Any]]] = {}
+    for path in summaries:
+        summary = load_summary(path)
+        if run_outcome(summary) != "done":
+            raise ValueError(f"{run_name(summary)} did not finish ({run_outcome(summary)}); a table of "
+                             "results takes finished runs only")
+        same = runs.setdefault(summary.get("method"), [])
+        if same and recipe(same[0]) != recipe(summary):
+            raise ValueError(f"two recipes of {summary['method']} ({run_name(same[0])} and {run_name(summary)}); "
+                             "pass the runs of one recipe per method")
+        same.append(summary)
+    lines = ["| " + " | ".join(METHOD_COLUMNS) + " |", "|" + "---|" * len(METHOD_COLUMNS)]
+    for name, meta in info.items():
+        these = sorted(runs.get(name, []), key=lambda s: str(s.get("seed")).zfill(9))
+
+        def pooled(value_of) -> str:
+            values = [float(v) for v in map(value_of, these) if v is not None]
+            return mean_std(values) if values else "–"
+
+        def linear_gain(summary: Dict[str, Any]) -> Any:
+            linear, random_linear = summary_row(summary)["linear top-1"], optional_figure(summary, "random-init linear")
+            return None if linear is None or random_linear is None else linear - random_linear
+
+        wall = [s["wall_seconds"] / 60 for s in these if s.get("wall_seconds") is not None]
+        cells = [f"`{name}`", meta.paper, ", ".join(str(s.get("seed")) for s in these) or "–",
+                 pooled(lambda s: summary_row(s)["kNN top-1"]), pooled(lambda s: summary_row(s)["kNN gain"]),
+                 pooled(lambda s: summary_row(s)["linear top-1"]), pooled(linear_gain),
+                 format_cell(round(statistics.fmean(wall), 1) if wall else None), meta.published]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + protocols_note([s for group in runs.values() for s in group])

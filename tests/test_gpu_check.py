@@ -14,7 +14,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_check.py"
-CHECKS = ["wheels", "environment", "cuda_tests", "ddp_sync_batchnorm", "throughput", "short_run"]
+CHECKS = ["wheels", "environment", "cuda_tests", "ddp_sync_batchnorm", "throughput", "image_folder", "short_run"]
 
 
 def load_script():
@@ -50,14 +50,19 @@ def test_cpu_form_runs_every_check_and_records_its_figures(cifar_root, tmp_path)
     assert report["form"] == "cpu" and no_nan(report)
     statuses = {name: check["status"] for name, check in report["checks"].items()}
     assert statuses == {"wheels": "skip", "environment": "pass", "cuda_tests": "skip",
-                        "ddp_sync_batchnorm": "pass", "throughput": "pass", "short_run": "pass"}
-    assert report["counts"] == {"pass": 4, "fail": 0, "skip": 2}
+                        "ddp_sync_batchnorm": "pass", "throughput": "pass", "image_folder": "pass",
+                        "short_run": "pass"}
+    assert report["counts"] == {"pass": 5, "fail": 0, "skip": 2}
     figures = {name: check["figures"] for name, check in report["checks"].items()}
     # The DDP launch converted the BatchNorm layers (GlobalBatchNorm on the CPU).
     assert figures["ddp_sync_batchnorm"]["synchronised_batchnorm_layers"] > 0
     assert 0 < figures["ddp_sync_batchnorm"]["knn_top1"] <= 100
     assert figures["throughput"]["ours"]["images_per_second"] > 0
     assert figures["throughput"]["ours"]["gpu_busy_percent"] is None  # no GPU to be busy
+    # Views of 64 photographs made from their bytes (views_on=device, here on the CPU) and by a CPU worker.
+    assert figures["image_folder"]["files"] == 64
+    image_folder = figures["image_folder"]
+    assert image_folder["device_images_per_second"] > 0 and image_folder["cpu_worker_images_per_second"] > 0
     assert figures["short_run"]["epochs"] == 1 and 0 < figures["short_run"]["knn_top1"] <= 100
     assert "experiment=simclr_cifar10_fast" in figures["short_run"]["command"]
 

@@ -75,7 +75,8 @@ def test_a_signal_mid_epoch_saves_stops_and_the_rerun_gives_the_uninterrupted_fi
     assert (position.epoch, position.batches_done, position.epoch_finished) == (1, int(stop.group(1)), False)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["pretrain"]["status"] == "interrupted"
-    assert strict_json(run_dir / "summary.json")["status"] == "interrupted"
+    first = strict_json(run_dir / "summary.json")
+    assert first["status"] == "interrupted" and first["attempts"] == 1
     if damage_last:  # cut the newest checkpoint short: the rerun falls back to the previous one
         last.write_bytes(last.read_bytes()[:1000])
         assert read_position(run_dir / "pretrain" / "checkpoints" / "previous.ckpt").epoch_finished
@@ -89,6 +90,11 @@ def test_a_signal_mid_epoch_saves_stops_and_the_rerun_gives_the_uninterrupted_fi
         assert "resuming from the previous one, saved at the end of epoch 1" in rerun.stdout
     reference = uninterrupted[0]
     assert figures(strict_json(run_dir / "summary.json")) == figures(strict_json(reference / "summary.json"))
+    # The wall clock counts both attempts, the first as it was when it stopped.
+    attempts = json.loads((run_dir / "manifest.json").read_text())["attempt_seconds"]
+    resumed = strict_json(run_dir / "summary.json")
+    assert len(attempts) == resumed["attempts"] == 2 and attempts[0] == first["wall_seconds"]
+    assert resumed["wall_seconds"] == round(sum(attempts), 1) > first["wall_seconds"]
     # Every logged row too: the step rows of the resumed epoch and its means over all four batches.
     assert ((run_dir / "pretrain" / "metrics.csv").read_text()
             == (reference / "pretrain" / "metrics.csv").read_text())

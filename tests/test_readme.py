@@ -12,7 +12,8 @@ from typing import Dict, List
 from ssl_runner.__main__ import config_dir
 from ssl_runner.methods import METHODS
 from ssl_runner.methods.registry import METHOD_INFO
-from ssl_runner.report import find_summaries, methods_table
+from ssl_runner.report import find_summaries
+from ssl_runner.seed_spread import methods_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ssl_runner.methods.registry import MethodInfo
-from ssl_runner.report import markdown_table, methods_table
+from ssl_runner.report import markdown_table
+from ssl_runner.seed_spread import methods_table
 
 
 def _summary(folder: Path, method: str, knn: float, linear: float, random_knn: float,
@@ -46,6 +49,27 @@ def test_methods_table_gains_are_over_each_runs_own_random_init_encoder(tmp_path
     assert _cells(table, "simclr")["linear gain"] == "–"  # no random-init linear in that run
     assert _cells(table, "rotnet")["linear top-1"] == "–"  # registered, never run
     assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == ["| `simclr`", "| `jigsaw`", "| `rotnet`"]
+
+
+def test_methods_table_pools_each_methods_seeds_and_refuses_two_recipes(tmp_path):
+    runs = [_summary(tmp_path / f"s{seed}", "simclr", knn, linear, random_knn, random_linear, seed=seed,
+                     wall_seconds=wall)
+            for seed, knn, linear, random_knn, random_linear, wall in
+            [(2, 46.0, 49.0, 31.0, 35.0, 360.0), (0, 45.0, 48.0, 31.0, 35.0, 240.0), (1, 44.0, 50.0, 32.0, 36.0, 300.0)]]
+    info = {"simclr": MethodInfo("SimCLR paper", "91.1"), "rotnet": MethodInfo("RotNet paper", "89.06")}
+    row = _cells(methods_table(runs, info), "simclr")
+    # kNN 45 ± 1; kNN gains 15, 14, 12 (each over its own random init): 13.67 ± 1.53;
+    # linear 49 ± 1;
+    # linear gains 14, 13, 14: 13.67 ± 0.58.
+    assert (row["seeds"], row["kNN top-1"], row["kNN gain"]) == ("0, 1, 2", "45.00 ± 1.00", "13.67 ± 1.53")
+    assert (row["linear top-1"], row["linear gain"], row["minutes"]) == ("49.00 ± 1.00", "13.67 ± 0.58", "5.00")
+    assert _cells(methods_table(runs[:1], info), "simclr")["kNN top-1"] == "46.00"  # one seed: no spread
+    other = _summary(tmp_path / "other", "simclr", 40.0, 44.0, 31.0, seed=3, epochs=8)
+    with pytest.raises(ValueError, match="two recipes of simclr"):
+        methods_table([*runs, other], info)
+    failed = _summary(tmp_path / "failed", "simclr", 40.0, 44.0, 31.0, seed=4, status="diverged")
+    with pytest.raises(ValueError, match="did not finish"):
+        methods_table([*runs, failed], info)
 
 
 def test_results_table_reads_missing_facts_from_the_runs_config(tmp_path):

@@ -16,7 +16,7 @@ from conftest import REPO, cli, cli_env
 from ssl_runner.__main__ import expand_seeds
 from ssl_runner.errors import UserError
 from ssl_runner.expected import compare, expected_file, load_expectations
-from ssl_runner.reproduce import main as reproduce
+from ssl_runner.reproduce import header, main as reproduce, method_seeds
 
 # Small and quick: the reproduce machinery is the point, not the figures.
 QUICK = ["data.subset=400", "data.test_subset=200", "trainer.max_epochs=1", "pipeline.stages=[pretrain,knn]",
@@ -57,6 +57,17 @@ def test_reproduce_two_recipes_two_seeds_shows_a_wrong_expectation_as_fail(cifar
                     "simclr_seed0/summary.json", "simclr_seed1/config.yaml", "simclr_seed1/summary.json"]
     assert "already done" in capsys.readouterr().err
     assert (out / "reproduce.md").read_text().split("\n", 1)[1] == markdown.split("\n", 1)[1]
+
+
+def test_a_method_can_name_its_own_seeds():
+    seeds = method_seeds(["simclr:0,1,2", "looc", "rotnet:4"], [0])
+    assert seeds == {"simclr": [0, 1, 2], "looc": [0], "rotnet": [4]}
+    assert "seeds per method" in header("cifar10_cpu", seeds, [], expected_file("cifar10_cpu"))
+    assert "seeds 0, 1:" in header("cifar10_cpu", method_seeds(["simclr", "looc:0,1"], [0, 1]), [],
+                                   expected_file("cifar10_cpu"))
+    for bad in (["simclr:0,0"], ["simclr:a"], ["simclr:"], ["simclr", "simclr:1"], [":1"]):
+        with pytest.raises(UserError, match="METHOD:S1,S2"):
+            method_seeds(bad, [0])
 
 
 def test_a_failed_run_fails_its_figure():

@@ -2,9 +2,10 @@
 
 Every batch is `(images, labels, indices)`. For pretraining with
 `views_on=device`, images are uint8 and the method makes the views after the
-transfer; with `views_on=cpu` the workers make them (per image, or for image
-files a batch at a time: `FileViewBatches`), and images is a list of float
-views. On a GPU, in-memory pretraining batches are drawn there without a
+transfer (image files of varying size: their bytes, `EncodedFileBatches`,
+decoded on the device); with `views_on=cpu` the workers make them (per
+image, or for image files a batch at a time: `FileViewBatches`), and images
+is a list of float views. On a GPU, in-memory pretraining batches are drawn there without a
 DataLoader (`DeviceBatches`). Evaluation batches are uint8 images at `image_size`,
 normalised on the device.
 """
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from ssl_runner.config import DataConfig
 from ssl_runner.data.crops import views_of_files
 from ssl_runner.data.datasets import ImageSet, resize_center_crop
+from ssl_runner.data.encoded import EncodedImages, read_files
 from ssl_runner.errors import UserError
 from ssl_runner.seeding import epoch_seed
 from ssl_runner.views.protocol import ViewMaker
@@ -72,6 +74,17 @@ class FileViewBatches(PretrainDataset):
         idx = torch.as_tensor(indices, dtype=torch.long) % len(self.images)
         views = views_of_files([self.images.paths[i] for i in idx.tolist()], self.view_maker, generator)
         return views, self.images.labels[idx], idx
+
+
+class EncodedFileBatches(PretrainDataset):
+    """Image files of any size as their bytes, a batch at a time, for
+    `views_on=device` with a `ViewRecipe`: the device decodes them and makes
+    the views (data/encoded.py)."""
+
+    def __getitems__(self, indices: List[int]) -> Tuple[EncodedImages, Tensor, Tensor]:
+        assert self.images.paths is not None
+        idx = torch.as_tensor(indices, dtype=torch.long) % len(self.images)
+        return read_files([self.images.paths[i] for i in idx.tolist()]), self.images.labels[idx], idx
 
 
 class InMemoryBatches(PretrainDataset):
@@ -219,7 +232,9 @@ def pretrain_loader(
     image's views with `view_maker` (image files and a `ViewRecipe`: a batch
     at a time, `FileViewBatches`); otherwise batches are uint8 images and
     the method makes the views on the device; there, on a GPU, the batches
-    are drawn without a DataLoader (`holds_images_on_device`)."""
+    are drawn without a DataLoader (`holds_images_on_device`). Image files
+    of varying size with `views_on=device` come as their bytes
+    (`EncodedFileBatches`), decoded on the device."""
     per_step = batch_size * world_size
     if len(images) * repeats < per_step:
         raise UserError(
@@ -228,17 +243,24 @@ def pretrain_loader(
             f"(incomplete batches are dropped). Lower data.batch_size (or data.global_batch_size) or train on more "
             f"images (data.subset={cfg.subset})."
         )
-    if cfg.views_on == "device" and images.fixed_size is None:
+    files_on_device = (cfg.views_on == "device" and images.fixed_size is None and images.paths is not None
+                       and images.load_size is None and isinstance(view_maker, ViewRecipe))
+    if cfg.views_on == "device" and images.fixed_size is None and not files_on_device:
         raise UserError(
-            "data.views_on=device batches whole images, but the images of this data set differ in size. "
-            "Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made per image)."
+            "data.views_on=device batches whole images (or, with the standard view recipe, decodes image files "
+            "on the device), but the images of this data set differ in size and this method's views are not "
+            "the standard recipe. Set data.load_size=N (resize when decoding) or data.views_on=cpu (views made "
+            "per image)."
         )
     kwargs = loader_kwargs(cfg, persistent=False)
-    if cfg.views_on == "device" and holds_images_on_device(device, images):
+    if files_on_device:
+        dataset: Dataset = EncodedFileBatches(images, None, repeats)
+        kwargs["collate_fn"] = already_collated
+    elif cfg.views_on == "device" and holds_images_on_device(device, images):
         sampler = EpochShuffle(InMemoryBatches(images, None, repeats), seed, num_replicas=world_size, rank=rank)
         return DeviceBatches(images, batch_size, sampler, device)
-    if cfg.views_on == "device" and images.images is not None:
-        dataset: Dataset = InMemoryBatches(images, None, repeats)
+    elif cfg.views_on == "device" and images.images is not None:
+        dataset = InMemoryBatches(images, None, repeats)
         kwargs["collate_fn"] = already_collated
     elif (cfg.views_on == "cpu" and images.paths is not None and images.load_size is None
           and isinstance(view_maker, ViewRecipe)):

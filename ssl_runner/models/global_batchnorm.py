@@ -40,8 +40,10 @@ class GlobalBatchNorm(_BatchNorm):
         # Moments about a shift that every rank shares (the running mean, kept
         # equal on all ranks) to avoid cancellation in E[x^2] - E[x]^2.
         shift = (self.running_mean if self.running_mean is not None else torch.zeros_like(self.weight)).detach()
-        xs = x.float() - shift.float().view(shape)
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float32, device=x.device)
+        # Statistics in float32 at least (bf16 and half inputs), float64 for float64 inputs.
+        stats_dtype = torch.promote_types(x.dtype, torch.float32)
+        xs = x.to(stats_dtype) - shift.to(stats_dtype).view(shape)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=stats_dtype, device=x.device)
         moments = torch.cat([xs.sum(dims), (xs * xs).sum(dims), count])
         moments = collectives.all_reduce_sum(moments)
         c = x.shape[1]

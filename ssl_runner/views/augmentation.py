@@ -45,6 +45,9 @@ class Augmentation:
     """
 
     name: str = ""
+    # Whether `apply` only moves pixels (a flip, a quarter turn), so that it gives
+    # the same result on uint8 images as on their float conversion.
+    moves_pixels_only: bool = False
 
     def sample(self, n: int, height: int, width: int, device: Device = None,
                generator: torch.Generator | None = None) -> dict[str, Tensor]:

@@ -41,6 +41,7 @@ class HorizontalFlip(_PerImageCoin):
     """Mirror left-right with probability p. Params: "flip", bool N."""
 
     name = param = "flip"
+    moves_pixels_only = True
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__(p)
@@ -56,6 +57,7 @@ class Rotation90(Augmentation):
     (Xiao et al. 2021, Sec. 4: rotation by multiples of 90 degrees)."""
 
     name = "rotation"
+    moves_pixels_only = True
 
     def __init__(self, p: float = 0.75) -> None:
         self.p = p

@@ -73,12 +73,16 @@ class ViewRecipe:
     def views_of_crops(self, crops: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One view of each crop already taken (uint8 N x 3 x size x size, e.g.
         `data/crops.py` from files of any size): every augmentation after
-        the crop, sampled and applied as `apply` does, then normalisation."""
+        the crop, sampled and applied as `apply` does, then normalisation.
+        Leading flips and quarter turns run on the uint8 crops, a quarter of
+        the bytes of floats, with the same result."""
         _, *after_crop = self.augmentations
-        views = to_unit_float(crops)
+        views = crops
         for aug in after_crop:
+            if views.dtype == torch.uint8 and not aug.moves_pixels_only:
+                views = to_unit_float(views)
             views = aug.apply(views, aug.sample(len(crops), self.size, self.size, crops.device, generator))
-        return normalize(views, self.mean, self.std)
+        return normalize(to_unit_float(views), self.mean, self.std)
 
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         """`num_views` independent views of each image (the uint8 batch converted once)."""

@@ -173,6 +173,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, callbacks: Optional[List[Callba
         if plan is not None:
             plan.enter(stage)
         log.info("%s: starting (%s)", stage, plan.label() if plan is not None else stage)
+        manifest.wall_seconds(job_age())  # the attempt on record before its stage, in case it is killed outright
         manifest.start(stage)
         try:
             raise_if_stop_requested(f"before {stage}")

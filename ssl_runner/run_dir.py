@@ -133,8 +133,9 @@ class Manifest:
 
     def wall_seconds(self, this_attempt: float) -> float:
         """The run's wall clock over all its attempts: the earlier attempts'
-        seconds as last recorded here (an attempt killed by SIGKILL counts up
-        to its last record), plus `this_attempt` so far, which is recorded."""
+        seconds as last recorded here (at each stage's start and end, and at a
+        stop: an attempt killed outright, by SIGKILL or a power cut, counts up
+        to its last stage's start), plus `this_attempt` so far, which is recorded."""
         attempts = self.data.setdefault("attempt_seconds", [])
         if not self._attempt_recorded:
             attempts.append(0.0)

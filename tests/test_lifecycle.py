@@ -180,7 +180,11 @@ def test_a_time_based_checkpoint_mid_epoch_resumes_exactly_after_sigkill(cifar_r
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"(saved at epoch 2, batch {position.batches_done}/4)" in rerun.stdout
     reference = uninterrupted[0]
-    assert figures(strict_json(run_dir / "summary.json")) == figures(strict_json(reference / "summary.json"))
+    resumed = strict_json(run_dir / "summary.json")
+    assert figures(resumed) == figures(strict_json(reference / "summary.json"))
+    # The killed attempt is on record up to its stage's start: two attempts in the wall clock.
+    attempts = json.loads((run_dir / "manifest.json").read_text())["attempt_seconds"]
+    assert resumed["attempts"] == len(attempts) == 2 and attempts[0] > 0
 
 
 @pytest.mark.integration

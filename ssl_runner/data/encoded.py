@@ -30,9 +30,9 @@ JPEG_START = (0xFF, 0xD8)
 
 class EncodedImages:
     """A batch of image files' bytes, one uint8 tensor end to end (`blob`:
-    one storage for a DataLoader worker to share, where a tensor per file
-    would be one file descriptor each) with each file's `ends`, and their
-    paths. It stays on the CPU, where the GPU decoder reads its input: being
+    one ordinary storage, which a DataLoader worker can send; the tensors of
+    `torchvision.io.read_file` could not be sent, and the loader hung) with
+    each file's `ends`, and their paths. It stays on the CPU, where the GPU decoder reads its input: being
     neither a sequence, a dataclass nor a thing with `.to`, Lightning's batch
     transfer and the DataLoader's pinning pass it by."""
 

@@ -239,3 +239,20 @@ def test_flips_and_quarter_turns_on_the_uint8_crops_give_the_float_paths_views(r
     assert torch.equal(got, normalize(views, MEAN, STD))
     assert [a.name for a in recipe.augmentations if a.moves_pixels_only] == (
         ["flip", "rotation"] if rotation_p else ["flip"])
+
+
+def test_views_of_crops_made_in_chunks_on_a_cpu_equal_the_whole_batchs(monkeypatch):
+    """At 224 px views_of_crops applies its sampled batch three images at a
+    time (the floats stay in cache): each image gets its own parameters and
+    the pixels of the batch made in one piece, to float rounding (a contrast
+    group of one image sums its mean in another order: 4e-6 here)."""
+    import ssl_runner.views.recipe as recipe_module
+
+    recipe = ViewRecipe.simclr(size=224, mean=MEAN, std=STD, jitter_strength=1.0, blur_p=0.5, solarize_p=0.2)
+    crops = torch.randint(0, 256, (8, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    assert recipe_module.CPU_CHUNK_BYTES // (4 * crops[0].numel()) == 3  # chunks of 3, 3 and 2
+    chunked = recipe.views_of_crops(crops, torch.Generator().manual_seed(7))
+    monkeypatch.setattr(recipe_module, "CPU_CHUNK_BYTES", 2**40)
+    whole = recipe.views_of_crops(crops, torch.Generator().manual_seed(7))
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-5)
+    assert not torch.allclose(chunked[3:6], recipe.views_of_crops(crops[:3], torch.Generator().manual_seed(7)), atol=0.1)

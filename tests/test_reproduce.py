@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO, cli, cli_env
 from ssl_runner.__main__ import expand_seeds
 from ssl_runner.errors import UserError
-from ssl_runner.expected import compare, expected_file, load_expectations
-from ssl_runner.reproduce import header, main as reproduce, method_seeds
+from ssl_runner.expected import Comparison, compare, expected_file, load_expectations
+from ssl_runner.reproduce import header, main as reproduce, method_seeds, recorded_expectations
 
 # Small and quick: the reproduce machinery is the point, not the figures.
 QUICK = ["data.subset=400", "data.test_subset=200", "trainer.max_epochs=1", "pipeline.stages=[pretrain,knn]",
@@ -119,3 +119,17 @@ def test_reproduce_command_line_refuses_a_preset_without_expectations(tmp_path, 
     proc = subprocess.run([sys.executable, "-m", "ssl_runner.reproduce", "no_such_preset", "--out", str(tmp_path)],
                           cwd=REPO, env=cli_env(cifar_root), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no expected results" in proc.stderr
+
+
+def test_recorded_tolerance_is_three_stds_with_a_floor_and_wider_for_one_seed(tmp_path):
+    def row(method, got):
+        return Comparison(method, "stages.knn.top1", None, None, got, [], list(range(len(got))), 0, "measured")
+
+    text = recorded_expectations("cifar10_cpu", [row("simclr", [40.0, 41.0, 42.0]), row("byol", [40.0, 40.1, 40.2]),
+                                                 row("jigsaw", [39.25])], "python -m ssl_runner.reproduce ...")
+    expected_yaml = tmp_path / "cifar10_cpu.yaml"
+    expected_yaml.write_text(text)
+    found = {e.method: e for e in load_expectations(expected_yaml)}
+    assert found["simclr"].value == 41.0 and found["simclr"].tolerance == 3.0  # 3 x sample std 1.0
+    assert found["byol"].tolerance == 1.0  # 3 x 0.1 is under the floor
+    assert found["jigsaw"].value == 39.25 and found["jigsaw"].tolerance == 2.0  # one seed: no spread measured

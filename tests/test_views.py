@@ -317,6 +317,23 @@ def test_blur():
     assert torch.allclose(blurred, constant, atol=1e-6)
 
 
+def test_blur_at_224_px_stays_within_1e_4_of_torchvisions_full_kernel():
+    # Kernels stop at ceil(4 sigma) inside the 23-tap one. A one-pixel line
+    # shows the cut (nothing 9 px away at sigma 2, where the full kernel puts
+    # 8e-6); noise, the usual case; the whole sigma range.
+    blur = GaussianBlur(p=1.0)
+    line = torch.zeros(3, 224, 224)
+    line[..., 112] = 1.0
+    images = torch.stack([line] * 4 + list(torch.rand(4, 3, 224, 224, generator=generator())))
+    sigma = torch.tensor([0.1, 0.6, 1.26, 2.0, 0.3, 0.99, 1.5, 1.999])
+    out = blur.apply(images, {"apply": torch.ones(8, dtype=torch.bool), "sigma": sigma})
+    size = blur.kernel_size(224)
+    gap = [(out[i] - TF.gaussian_blur(images[i], [size, size], [sigma[i].item()] * 2)).abs().max().item()
+           for i in range(8)]
+    assert max(gap) < 1e-4
+    assert gap[3] > 5e-6  # the line at sigma 2: cut at 8 px, not the full 11 (which differs by 3e-8)
+
+
 def test_blur_kernel_is_a_tenth_of_the_side_as_in_simclr():
     blur = GaussianBlur()
     assert [blur.kernel_size(side) for side in (32, 96, 224, 225)] == [3, 9, 23, 23]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,8 +115,15 @@ def test_a_second_run_in_a_busy_folder_is_refused_and_the_first_loses_nothing(tm
     lock = run_dir / ".lock"
     while first.poll() is None and not (lock.is_file() and lock.read_text()):
         time.sleep(0.05)
-    second = cli(cifar_root, *TINY, "trainer.max_epochs=4", f"hydra.run.dir={run_dir}")
-    assert second.returncode == 2 and first.poll() is None
+    # Held still (alive, lock held) while the second starts: on a busy machine
+    # the first could otherwise finish during the second's start-up (CI, 2026-12-07).
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = cli(cifar_root, *TINY, "trainer.max_epochs=4", f"hydra.run.dir={run_dir}")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.poll() is None, f"the first run ended early (rc {first.returncode}): {first.stderr.read()[-3000:]}"
+    assert second.returncode == 2, second.stdout[-2000:]
     assert "in use by another ssl_runner run" in " ".join(second.stderr.split())
     assert f"pid {first.pid} " in second.stderr
     assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]

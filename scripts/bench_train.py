@@ -99,12 +99,12 @@ class Throughput(Callback):
 
 
 def fit(module: L.LightningModule, loader, warmup: int, steps: int, batch: int, precision: str,
-        accelerator: str = "cpu") -> dict:
+        accelerator: str = "cpu", callbacks: tuple = ()) -> dict:
     timer = Throughput(warmup, steps, batch)
     trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=1, limit_train_batches=warmup + steps,
                         precision=precision,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
+                        enable_model_summary=False, callbacks=[timer, *callbacks], num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=loader)
     return {"images_per_second": round(timer.images_per_second, 1), "gpu_busy_percent": timer.busy_percent}
 
@@ -129,7 +129,7 @@ def sgd(params) -> torch.optim.Optimizer:
 
 
 def peer_throughput(data_root: Path, batch: int, workers: int, warmup: int, steps: int, precision: str,
-                    accelerator: str = "cpu", backbone_name: str = "resnet18") -> dict:
+                    accelerator: str = "cpu", backbone_name: str = "resnet18", callbacks: tuple = ()) -> dict:
     from lightly.loss import NTXentLoss
     from lightly.transforms import SimCLRTransform
     from torchvision.datasets import ImageFolder
@@ -159,11 +159,12 @@ def peer_throughput(data_root: Path, batch: int, workers: int, warmup: int, step
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                                          num_workers=workers, persistent_workers=workers > 0,
                                          pin_memory=accelerator == "gpu")
-    return fit(LightlySimCLR(), loader, warmup, steps, batch, precision, accelerator)
+    return fit(LightlySimCLR(), loader, warmup, steps, batch, precision, accelerator, callbacks)
 
 
 def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precision: str,
-                    compile_modules: bool = False, accelerator: str = "cpu", backbone_name: str = "resnet18") -> dict:
+                    compile_modules: bool = False, accelerator: str = "cpu", backbone_name: str = "resnet18",
+                    callbacks: tuple = ()) -> dict:
     from hydra import compose, initialize_config_dir
 
     from ssl_runner.__main__ import config_dir
@@ -191,7 +192,7 @@ def ours_throughput(data_root: Path, batch: int, warmup: int, steps: int, precis
     # On a GPU the images are held there and batches drawn without a DataLoader, as the runner does.
     device = torch.device("cuda") if accelerator == "gpu" else None
     loader = pretrain_loader(cfg.data, images, method.view_maker, batch_size=batch, device=device)
-    return fit(method, loader, warmup, steps, batch, precision, accelerator)
+    return fit(method, loader, warmup, steps, batch, precision, accelerator, callbacks)
 
 
 def decode_cache_seconds(data_root: Path) -> tuple[float, float]:

@@ -251,6 +251,20 @@ def test_rgb_hsv_conversions():
     assert torch.allclose(hsv_to_rgb(rgb_to_hsv(pixels.view(1, 3, 5, 10))), pixels.view(1, 3, 5, 10), atol=1e-5)
 
 
+def test_rgb_from_sixths_takes_any_hue_mod_6_as_colorsys():
+    # Hues in sixths from -4 to 12 (a hue shift moves them out of [0, 6)),
+    # through every sector's edges, against colorsys on the hue mod 1 turn.
+    from ssl_runner.views.color import rgb_from_sixths
+
+    sixths = torch.cat([torch.linspace(-4.0, 12.0, 97), torch.rand(200, generator=generator()) * 16 - 4])
+    value = torch.rand(len(sixths), generator=generator())
+    chroma = value * torch.rand(len(sixths), generator=generator())
+    rgb = rgb_from_sixths(sixths.view(1, -1), chroma.view(1, -1), value.view(1, -1)).view(3, -1)
+    expected = torch.tensor([colorsys.hsv_to_rgb((h / 6) % 1.0, c / v if v else 0.0, v)
+                             for h, c, v in zip(sixths.tolist(), chroma.tolist(), value.tolist())]).T
+    assert torch.allclose(rgb, expected, atol=1e-5)
+
+
 def test_grayscale_is_weighted_sum_on_three_channels():
     image = torch.rand(2, 3, 4, 4, generator=generator())
     out = RandomGrayscale().apply(image, {"gray": torch.tensor([True, False])})

@@ -18,7 +18,7 @@ from ssl_runner.seed_spread import methods_table
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CONF = Path(config_dir())
-METHODS_RESULTS = ROOT / "docs" / "results" / "cifar10_cpu"
+METHODS_RESULTS = ROOT / "docs" / "results" / "reproduce_cifar10_cpu"
 REGENERATE = f"python scripts/results_table.py --methods {METHODS_RESULTS.relative_to(ROOT)}/"
 
 

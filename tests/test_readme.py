@@ -119,3 +119,21 @@ def test_methods_table_is_the_one_its_script_generates():
     assert generated in README.read_text(), (
         f"the README's methods table differs from what `{REGENERATE}` prints (the registry's papers and "
         f"published figures, or a run's summary.json, changed): paste its output into '## Methods'")
+
+
+def test_tables_said_to_be_generated_from_a_results_folder_are_what_the_script_prints():
+    """A README table right after the paragraph that names `python scripts/results_table.py FOLDER` must be that
+    command's table: until 2026-12-07 the LooC rotation experiment showed the cifar10_cpu
+    table under its own folder's command, after a regeneration replaced the wrong table."""
+    from ssl_runner.report import markdown_table
+
+    text = README.read_text()
+    checked = 0
+    for match in re.finditer(r"`python\s+scripts/results_table\.py\s+(docs/results/[\w/]+?)/?`(?:[^\n]|\n(?!\n))*\n\n(\|[^\n]*\n)", text):
+        generated = markdown_table(find_summaries([ROOT / match.group(1)]))
+        start = match.start(2)
+        shown = text[start:text.index("\n\n", start)]
+        assert shown == generated.split("\n\n")[0].rstrip("\n"), (
+            f"the table after `python scripts/results_table.py {match.group(1)}/` is not what it prints: paste its output")
+        checked += 1
+    assert checked >= 2  # the LooC rotation table and the Results section

@@ -28,7 +28,11 @@ Sides, at 32 px and at 224 px:
   runs it there).
 
 Each measurement in a fresh process pinned to one core with one torch
-thread, the sides interleaved --repeats times; prints medians, ranges and
+thread, the sides interleaved --repeats times. Our sides keep freed memory
+in the heap (`runtime.keep_freed_memory`), as the runner's DataLoader
+workers do: they fork from the process that applied
+`trainer.keep_freed_memory` (on by default), and glibc's settings go with
+them. The peer runs as its users run it; prints medians, ranges and
 ratios of medians, and on the last line ratio=R (ours / lightly at 224 px).
 """
 
@@ -86,6 +90,10 @@ def measure(side: str, size: int, folder: Path, device: str = "cpu", min_seconds
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     torch.set_num_threads(1)
+    if side != "lightly":
+        from ssl_runner.runtime import keep_freed_memory
+
+        keep_freed_memory()  # what the runner's forked workers inherit (trainer.keep_freed_memory)
     from omegaconf import OmegaConf
 
     from ssl_runner.config import DataConfig

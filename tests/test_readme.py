@@ -137,3 +137,18 @@ def test_tables_said_to_be_generated_from_a_results_folder_are_what_the_script_p
             f"the table after `python scripts/results_table.py {match.group(1)}/` is not what it prints: paste its output")
         checked += 1
     assert checked >= 2  # the LooC rotation table and the Results section
+
+
+def test_reproduce_tables_in_the_readme_are_the_published_ones():
+    """The README pastes each published `reproduce.md` (heading line and table); a rerun of the reproduce
+    command that republishes must not leave the README showing the old verdicts."""
+    text = README.read_text()
+    checked = []
+    for match in re.finditer(r"^Reproduce `experiment=(\w+)`", text, re.MULTILINE):
+        heading_end = text.index("\n\n", match.start())
+        shown = text[match.start():text.index("\n\n", heading_end + 2)]
+        published = ROOT / "docs" / "results" / f"reproduce_{match.group(1)}" / "reproduce.md"
+        assert shown == published.read_text().strip("\n"), (
+            f"the README's reproduce table for {match.group(1)} differs from {published.relative_to(ROOT)}: paste it")
+        checked.append(match.group(1))
+    assert checked == ["smoke", "cifar10_cpu"]
